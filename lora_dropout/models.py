@@ -1,0 +1,133 @@
+"""Model loading: the embedded default (all-MiniLM-L6-v2 from its wheel), any transformers model, and
+the peft adapters LoRA Dropout is applied to.
+
+Nothing here reaches a model hub unless the user names a hub model and the network allows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .assets import MINILM, asset_file
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """A local folder for the embedded default, otherwise the name or path as given."""
+    if name_or_path in (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        return str(asset_file(MINILM, "model"))
+    return str(name_or_path)
+
+
+def load_tokenizer(name_or_path: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+
+
+def load_classifier(
+    name_or_path: str | None = None,
+    *,
+    num_labels: int = 2,
+    seed: int = 0,
+    base_dropout: float | None = None,
+    attn_implementation: str | None = "eager",
+    dtype: torch.dtype | None = None,
+):
+    """A sequence classifier on a pretrained encoder; the classification head is freshly initialised.
+
+    Parameters
+    ----------
+    name_or_path : str, optional
+        Default: the embedded all-MiniLM-L6-v2. Any transformers model name or local folder.
+    num_labels : int
+    seed : int
+        Seeds the random initialisation of the new head (the ``init`` generator of a run).
+    base_dropout : float, optional
+        Overrides the pretrained model's own hidden and attention dropout (None keeps them). LoRA
+        Dropout studies often set 0 so that the method under study is the only source of noise.
+    attn_implementation : str, optional
+        ``"eager"`` by default: Hessian-vector products (curvature probes) need double backward,
+        which fused attention kernels do not provide.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model(name_or_path)
+    config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    if base_dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout"):
+            if hasattr(config, key):
+                setattr(config, key, base_dropout)
+    torch.manual_seed(seed)
+    kwargs = {"config": config}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+
+
+def default_target_modules(model: torch.nn.Module) -> list[str]:
+    """Query and value projections under the names the architecture uses (BERT or Llama-style)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for candidates in (["query", "value"], ["q_proj", "v_proj"], ["q_lin", "v_lin"], ["query_proj", "value_proj"]):
+        if set(candidates) <= names:
+            return candidates
+    raise ValueError("cannot guess the attention projections of this model: pass target_modules explicitly")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig:
+    """The peft adapter LoRA Dropout is applied to (``method="lora"`` or ``"adalora"``)."""
+
+    method: str = field(default="lora", metadata={"help": "lora or adalora"})
+    r: int = field(default=8, metadata={"help": "LoRA rank (AdaLoRA: initial rank)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling alpha / r)"})
+    target_modules: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "modules to adapt (default: query and value projections)"}
+    )
+    target_r: int = field(default=4, metadata={"help": "AdaLoRA: average target rank"})
+    peft_lora_dropout: float = field(
+        default=0.0, metadata={"help": "peft's own lora_dropout (element-wise on x; NOT LoRA Dropout)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in ("lora", "adalora"):
+            raise ValueError(f"method={self.method!r} must be 'lora' or 'adalora'")
+        for name in ("r", "lora_alpha", "target_r"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if not 0.0 <= self.peft_lora_dropout < 1.0:
+            raise ValueError(f"peft_lora_dropout={self.peft_lora_dropout!r} must be in [0, 1)")
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+
+def make_peft_model(model, adapter: AdapterConfig, *, task_type: str = "SEQ_CLS", total_step: int | None = None,
+                    seed: int = 0):
+    """Wrap ``model`` in a peft LoRA or AdaLoRA adapter (classifier head trained and saved with it).
+
+    AdaLoRA needs ``total_step`` (its rank-budget schedule spans the whole run).
+    """
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+
+    targets = list(adapter.target_modules or default_target_modules(model))
+    common = dict(target_modules=targets, lora_alpha=adapter.lora_alpha, lora_dropout=adapter.peft_lora_dropout,
+                  task_type=task_type)
+    if adapter.method == "adalora":
+        if not total_step:
+            raise ValueError("AdaLoRA needs total_step (the number of optimizer steps of the run)")
+        # AdaLoRA's budget schedule: warm-up tinit, then pruning, then tfinal steps at the target rank.
+        tinit, tfinal = max(1, total_step // 10), max(1, total_step // 5)
+        if tinit + tfinal >= total_step:
+            raise ValueError(f"AdaLoRA needs more steps than {total_step} for its warm-up and final phases")
+        config = AdaLoraConfig(init_r=adapter.r, target_r=adapter.target_r, total_step=total_step, tinit=tinit,
+                               tfinal=tfinal, deltaT=max(1, total_step // 50), **common)
+    else:
+        config = LoraConfig(r=adapter.r, **common)
+    torch.manual_seed(seed)  # A's random initialisation (B starts at zero in LoRA)
+    return get_peft_model(model, config)

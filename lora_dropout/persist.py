@@ -1,0 +1,70 @@
+"""Save and load a LoRA Dropout adapter: peft's adapter files plus the LoRA Dropout config beside them.
+
+The directory stays a valid peft adapter (``PeftModel.from_pretrained`` loads the weights and
+ignores the extra file); `load_lora_dropout` also restores the stochastic behaviour, so a reloaded
+model trains and ensembles exactly like the saved one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .apply import LoraDropout, apply_lora_dropout, get_lora_dropout
+from .config import LoraDropoutConfig
+
+CONFIG_NAME = "lora_dropout_config.json"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_lora_dropout(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
+    """Save the peft adapter of ``model`` and its LoRA Dropout config into ``directory``."""
+    handle = get_lora_dropout(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    write_json_atomic(directory / CONFIG_NAME, handle.config.to_dict())
+    return directory
+
+
+def read_lora_dropout_config(directory: str | os.PathLike) -> LoraDropoutConfig:
+    """The LoRA Dropout config saved beside an adapter."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {directory} is not a LoRA Dropout adapter directory")
+    return LoraDropoutConfig.from_dict(json.loads(path.read_text()))
+
+
+def load_lora_dropout(
+    base_model: torch.nn.Module, directory: str | os.PathLike, *, is_trainable: bool = False
+) -> tuple[torch.nn.Module, LoraDropout]:
+    """Load an adapter saved by `save_lora_dropout` onto ``base_model`` and re-apply LoRA Dropout.
+
+    Returns
+    -------
+    (peft model, LoraDropout handle)
+    """
+    from peft import PeftModel
+
+    config = read_lora_dropout_config(directory)
+    model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+    return model, apply_lora_dropout(model, config)

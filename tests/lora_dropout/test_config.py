@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from lora_dropout.config import EnsembleAverage, EvalMode, LoraDropoutConfig, MaskScope
+
+
+def test_defaults_follow_the_paper_and_theory_md():
+    cfg = LoraDropoutConfig()
+    assert cfg.mask_scope is MaskScope.EXAMPLE
+    assert cfg.rescale is False
+    assert cfg.eval_mode is EvalMode.ENSEMBLE
+    assert cfg.ensemble_average is EnsembleAverage.PROBS
+    assert cfg.n_eval_instances == cfg.n_instances  # N_test = N unless set
+
+
+def test_strings_become_enums_and_the_config_is_frozen():
+    cfg = LoraDropoutConfig(mask_scope="token", eval_mode="expected", ensemble_average="logits")
+    assert cfg.mask_scope is MaskScope.TOKEN and cfg.eval_mode is EvalMode.EXPECTED
+    assert cfg.ensemble_average is EnsembleAverage.LOGITS
+    with pytest.raises(AttributeError):
+        cfg.dropout_rate = 0.5
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dropout_rate", 1.0),
+        ("dropout_rate", -0.1),
+        ("dropout_rate", float("nan")),
+        ("dropout_rate", "0.3"),
+        ("n_instances", 0),
+        ("n_instances", 2.0),
+        ("n_eval_instances", 0),
+        ("mask_scope", "sentence"),
+        ("rescale", "yes"),
+        ("eval_mode", "mean"),
+        ("ensemble_average", "votes"),
+        ("seed", -1),
+        ("max_instances_per_forward", 0),
+    ],
+)
+def test_invalid_values_name_the_field_and_the_value(field, value):
+    with pytest.raises(ValueError, match=field) as info:
+        LoraDropoutConfig(**{field: value})
+    assert repr(value) in str(info.value)
+
+
+def test_derived_quantities():
+    cfg = LoraDropoutConfig(dropout_rate=0.5)
+    assert cfg.sparsity == pytest.approx(0.75)
+    assert cfg.expected_scale == pytest.approx(0.25)  # (1 - p)^2
+    rescaled = cfg.replace(rescale=True)
+    assert rescaled.mask_value == pytest.approx(2.0)
+    assert rescaled.expected_scale == pytest.approx(1.0)
+
+
+def test_dict_round_trip_and_unknown_keys():
+    cfg = LoraDropoutConfig(dropout_rate=0.2, n_instances=3, n_eval_instances=8, mask_scope="batch", seed=7)
+    data = json.loads(cfg.to_json())
+    assert data["mask_scope"] == "batch"
+    assert LoraDropoutConfig.from_dict(data) == cfg
+    with pytest.raises(ValueError, match="dropuot_rate"):
+        LoraDropoutConfig.from_dict({**data, "dropuot_rate": 0.1})

@@ -1,0 +1,65 @@
+"""Tiny in-code models for fast tests (a few thousand parameters; never used outside tests)."""
+
+from __future__ import annotations
+
+import torch
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
+from transformers import BertConfig, BertForSequenceClassification
+
+VOCAB = 50
+
+
+def tiny_bert(num_labels: int = 3, dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        num_labels=num_labels, initializer_range=0.3,  # large weights: outputs far from uniform
+    )
+    return BertForSequenceClassification(cfg)
+
+
+def tiny_lora(r: int = 4, lora_dropout: float = 0.0, seed: int = 0, dropout: float = 0.0, b_scale: float = 1.0, **kw):
+    """A tiny BERT with LoRA on query/value; ``init_lora_weights=False`` makes B non-zero.
+
+    ``b_scale`` multiplies B so that the LoRA update dominates the random base model and masks
+    change the output visibly (tests of differences between instances need that).
+    """
+    model = tiny_bert(dropout=dropout, seed=seed)
+    torch.manual_seed(seed + 1)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=["query", "value"], lora_dropout=lora_dropout,
+        init_lora_weights=False, modules_to_save=["classifier"], **kw,
+    )
+    peft_model = get_peft_model(model, config)
+    if b_scale != 1.0:
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.mul_(b_scale)
+    return peft_model
+
+
+def tiny_adalora(seed: int = 0, total_step: int = 20):
+    model = tiny_bert(seed=seed)
+    torch.manual_seed(seed + 1)
+    config = AdaLoraConfig(
+        init_r=4, target_r=2, target_modules=["query", "value"], total_step=total_step, tinit=2, tfinal=2,
+        deltaT=1, modules_to_save=["classifier"],
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # AdaLoRA starts with Lambda = 0; give it values so masks are observable
+        for name, param in peft_model.named_parameters():
+            if "lora_E" in name:
+                param.uniform_(5.0, 15.0)
+    return peft_model
+
+
+def tiny_batch(batch_size: int = 5, seq_len: int = 7, num_labels: int = 3, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (batch_size, seq_len), generator=g)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.randint(0, num_labels, (batch_size,), generator=g),
+    }
