@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_FLAGS := --n-train 1000 --n-test 1000 --epochs 3 --lr 2e-3 --eval-train-size 300 --quiet
 demo: $(STAMP)
-	$(VENV)/bin/lora-dropout reproduce --profile quick --out demo-out
+	rm -rf demo-out/lora demo-out/lora-dropout
+	$(VENV)/bin/lora-dropout train $(DEMO_FLAGS) --dropout-rate 0 --n-instances 1 --out demo-out --run-id lora
+	$(VENV)/bin/lora-dropout train $(DEMO_FLAGS) --dropout-rate 0.3 --n-instances 2 --out demo-out --run-id lora-dropout
+	$(VENV)/bin/lora-dropout summary demo-out/lora demo-out/lora-dropout
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -6,11 +6,10 @@ Nothing here reaches a model hub unless the user names a hub model and the netwo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from .assets import MINILM, asset_file
+from .runconfig import AdapterConfig
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -77,34 +76,6 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
         if set(candidates) <= names:
             return candidates
     raise ValueError("cannot guess the attention projections of this model: pass target_modules explicitly")
-
-
-@dataclass(frozen=True, kw_only=True)
-class AdapterConfig:
-    """The peft adapter LoRA Dropout is applied to (``method="lora"`` or ``"adalora"``)."""
-
-    method: str = field(default="lora", metadata={"help": "lora or adalora"})
-    r: int = field(default=8, metadata={"help": "LoRA rank (AdaLoRA: initial rank)"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling alpha / r)"})
-    target_modules: tuple[str, ...] | None = field(
-        default=None, metadata={"help": "modules to adapt (default: query and value projections)"}
-    )
-    target_r: int = field(default=4, metadata={"help": "AdaLoRA: average target rank"})
-    peft_lora_dropout: float = field(
-        default=0.0, metadata={"help": "peft's own lora_dropout (element-wise on x; NOT LoRA Dropout)"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.method not in ("lora", "adalora"):
-            raise ValueError(f"method={self.method!r} must be 'lora' or 'adalora'")
-        for name in ("r", "lora_alpha", "target_r"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        if not 0.0 <= self.peft_lora_dropout < 1.0:
-            raise ValueError(f"peft_lora_dropout={self.peft_lora_dropout!r} must be in [0, 1)")
-        if self.target_modules is not None:
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
 
 def make_peft_model(model, adapter: AdapterConfig, *, task_type: str = "SEQ_CLS", total_step: int | None = None,

@@ -63,3 +63,40 @@ def tiny_batch(batch_size: int = 5, seq_len: int = 7, num_labels: int = 3, seed:
         "attention_mask": torch.ones_like(ids),
         "labels": torch.randint(0, num_labels, (batch_size,), generator=g),
     }
+
+
+def save_tiny_classifier(path, num_labels: int = 2, seed: int = 0):
+    """A tiny random BERT saved with the embedded MiniLM tokenizer: a local model for CLI tests."""
+    from lora_dropout.models import load_tokenizer
+
+    tokenizer = load_tokenizer(None)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+POSITIVE = ("good", "great", "fine", "lovely", "superb")
+NEGATIVE = ("bad", "awful", "poor", "dull", "weak")
+FILLER = ("the", "movie", "was", "plot", "actors", "really", "quite", "story", "film", "scenes")
+
+
+def write_tiny_csv(path, n: int = 80, seed: int = 0, groups: int = 10):
+    """A learnable sentiment CSV (label = which word list the text draws from), with a group column."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(FILLER, size=4)) + [str(rng.choice(POSITIVE if label else NEGATIVE)), f"w{i}"]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": ["neg", "pos"][label], "group": f"g{i % groups}"})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

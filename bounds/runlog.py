@@ -1,0 +1,400 @@
+"""The run directory: the one contract between training (`lora_dropout`) and theory (`bounds`).
+
+A run directory holds
+
+=====================  =====================================================================
+``meta.json``          what ran and how it ended (`META_FIELDS`)
+``steps.jsonl``        one line per (evaluation, split, predictor): risks and calibration
+``samples.parquet``    the per-sample loss matrix (sample x instance) at each evaluation
+``calibration.parquet``  reliability-diagram bins of each predictor at each evaluation
+``modules.parquet``    realised sparsity and ``||dW||`` per adapted module
+``probes.parquet``     curvature and Lipschitz measurements
+``stability.parquet``  leave-one-out pairs (measured stability)
+``adapter/``           peft adapter + LoRA Dropout config (reloadable)
+``bounds.json``        the bound reports (written by ``lora-dropout bounds``)
+=====================  =====================================================================
+
+Every column is declared once below (`TABLES`), with its meaning; `validate_run` checks a directory
+against these declarations and `read_run` reads it. This module needs only the standard library,
+numpy, pandas and pyarrow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("running", "success", "failed")
+SPLITS = ("train", "test")
+#: Predictors whose risk is reported (theory.md section 4: "report all three").
+PREDICTORS = ("deterministic", "member_mean", "ensemble")
+#: Row kinds of the per-sample table: one row per ensemble member, plus the two single predictors.
+SAMPLE_PREDICTORS = ("member", "deterministic", "ensemble")
+
+META_FIELDS = {
+    "schema_version": "int: SCHEMA_VERSION of the writer",
+    "run_id": "str: unique id, also the directory name",
+    "status": "str: running (until the end), success, or failed",
+    "error": "str or null: the exception (or 'interrupted') when failed",
+    "config": "dict: the full resolved configuration (train, adapter, lora_dropout sections)",
+    "seeds": "dict: the seeds of the init, data-order and mask streams",
+    "versions": "dict: python and package versions",
+    "git": "dict: commit and dirty flag of the toolkit checkout (nulls outside a checkout)",
+    "device": "str: torch device the run used",
+    "host": "str: machine that ran it",
+    "pid": "int: process id of the writer (to tell a live run from one killed without notice)",
+    "started_at": "str: ISO-8601 UTC",
+    "finished_at": "str or null: ISO-8601 UTC",
+    "wall_s": "float or null: wall time of the run in seconds",
+    "data": "dict: data source and split sizes (TextSplits.describe())",
+    "final": "dict: metrics of the last evaluation, keyed split/predictor",
+}
+REQUIRED_META = ("schema_version", "run_id", "status", "config", "started_at")
+
+
+class RunLogError(ValueError):
+    """A run directory that does not satisfy the schema; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # "int", "float", "str", "bool"
+    description: str
+    nullable: bool = False
+    finite: bool = False  # values must be finite numbers (losses)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the run directory: file, columns, unique key, and the command that produces it."""
+
+    name: str
+    filename: str
+    description: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    producer: str
+    fmt: str = "parquet"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+C = Column
+_RISK = (
+    C("risk", "float", "mean cross-entropy of the predictor on the split (nats)", finite=True),
+    C("accuracy", "float", "fraction of correct argmax predictions"),
+    C("ece", "float", "expected calibration error, 15 equal-width confidence bins"),
+    C("nll", "float", "mean negative log-likelihood of the predictive distribution (nats)"),
+    C("brier", "float", "mean multi-class Brier score sum_k (q_k - 1[y = k])^2"),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "steps", "steps.jsonl",
+            "one line per evaluation, split and predictor; appended and flushed, so a crash loses nothing written",
+            (
+                C("step", "int", "optimizer steps taken when evaluated"),
+                C("epoch", "float", "epochs completed when evaluated"),
+                C("split", "str", "train or test"),
+                C("predictor", "str", "deterministic (expected or full dW), member_mean (mean over members), "
+                                      "or ensemble (Eq. 8)"),
+                C("n", "int", "examples evaluated"),
+                *_RISK,
+                C("objective", "float", "mean Eq. 7 training loss since the previous evaluation", nullable=True),
+                C("wall_s", "float", "seconds since the run started"),
+            ),
+            key=("step", "split", "predictor"),
+            producer="lora-dropout train",
+            fmt="jsonl",
+        ),
+        Table(
+            "samples", "samples.parquet",
+            "per-sample loss matrix: every evaluated example under every member, the deterministic "
+            "predictor and the ensemble",
+            (
+                C("step", "int", "optimizer steps taken when evaluated"),
+                C("split", "str", "train or test"),
+                C("sample_id", "int", "stable example id of the data loader"),
+                C("predictor", "str", "member, deterministic, or ensemble"),
+                C("instance", "int", "member index r for predictor=member, else -1"),
+                C("loss", "float", "cross-entropy of this example under this predictor (nats)", finite=True),
+                C("correct", "bool", "argmax prediction equals the label"),
+                C("confidence", "float", "probability of the predicted class"),
+            ),
+            key=("step", "split", "sample_id", "predictor", "instance"),
+            producer="lora-dropout train (every evaluation; --samples-every)",
+        ),
+        Table(
+            "calibration", "calibration.parquet",
+            "reliability-diagram bins: 15 equal-width confidence bins on [0, 1]",
+            (
+                C("step", "int", "optimizer steps taken when evaluated"),
+                C("split", "str", "train or test"),
+                C("predictor", "str", "deterministic, member_mean, or ensemble"),
+                C("bin", "int", "bin index 0..14"),
+                C("lower", "float", "lower bin edge"),
+                C("upper", "float", "upper bin edge"),
+                C("confidence", "float", "mean confidence in the bin (NaN when empty)", nullable=True),
+                C("accuracy", "float", "accuracy in the bin (NaN when empty)", nullable=True),
+                C("count", "int", "predictions in the bin"),
+            ),
+            key=("step", "split", "predictor", "bin"),
+            producer="lora-dropout train",
+        ),
+        Table(
+            "modules", "modules.parquet",
+            "realised sparsity per adapted module (site = module::adapter) at each evaluation",
+            (
+                C("step", "int", "optimizer steps taken"),
+                C("module", "str", "site name <module path>::<adapter>"),
+                C("in_features", "int", "columns of A (input features)"),
+                C("out_features", "int", "rows of B (output features)"),
+                C("n_masks", "int", "sampled training masks the realised values are computed from"),
+                C("nominal_keep", "float", "1 - p"),
+                C("keep_in", "float", "realised kept fraction of the input-feature mask (columns of A)"),
+                C("keep_out", "float", "realised kept fraction of the output-feature mask (rows of B)"),
+                C("nominal_sparsity", "float", "s = 2p - p^2"),
+                C("dw_zero_fraction", "float", "realised zero fraction of dW_hat = diag(m_B) B A diag(m_A)"),
+                C("nominal_all_dropped", "float", "probability the whole dW_hat is zero: 1-(1-p^in)(1-p^out)"),
+                C("all_dropped", "float", "realised fraction of masks that zero the whole dW_hat"),
+                C("dw_norm", "float", "Frobenius norm of the unmasked dW = B A * scaling"),
+            ),
+            key=("step", "module"),
+            producer="lora-dropout train",
+        ),
+        Table(
+            "probes", "probes.parquet",
+            "curvature and Lipschitz measurements at theta(S)",
+            (
+                C("quantity", "str", "lipschitz_max, lipschitz_q99, lipschitz_mean, hessian_min_eig, "
+                                     "hessian_max_eig, grad_norm"),
+                C("space", "str", "delta_w (entries of dW) or factors (LoRA A and B)"),
+                C("value", "float", "the measurement"),
+                C("stderr", "float", "uncertainty of the value where one is defined", nullable=True),
+                C("iterations", "int", "Lanczos iterations or samples used"),
+                C("residual", "float", "Lanczos residual ||H v - lambda v|| (NaN where not applicable)",
+                  nullable=True),
+                C("n", "int", "training examples the probe used"),
+                C("lam", "float", "regularisation strength of the regularised loss", nullable=True),
+            ),
+            key=("quantity", "space"),
+            producer="lora-dropout probe RUN_DIR --curvature",
+        ),
+        Table(
+            "stability", "stability.parquet",
+            "leave-one-out pairs: the removed example's loss under theta(S) and theta(S^i)",
+            (
+                C("sample_id", "int", "the removed training example"),
+                C("method", "str", "retrain (coupled retraining), warm_start, or influence"),
+                C("loss_s", "float", "loss of the example under theta(S)", finite=True),
+                C("loss_si", "float", "loss of the example under theta(S^i)", finite=True),
+                C("param_distance", "float", "||theta(S^i) - theta(S)|| over the adapter parameters",
+                  nullable=True),
+                C("wall_s", "float", "seconds this estimate took"),
+            ),
+            key=("sample_id", "method"),
+            producer="lora-dropout probe RUN_DIR --stability-k K",
+        ),
+    )
+}
+
+
+@dataclass
+class RunLog:
+    """A run directory read through the schema. Tables are read on first access."""
+
+    path: Path
+    meta: dict[str, Any]
+    steps: pd.DataFrame
+    _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.meta["run_id"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta["config"]
+
+    def has(self, name: str) -> bool:
+        return (self.path / TABLES[name].filename).is_file()
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A parquet table; a missing one raises `MissingTableError` naming its producer command."""
+        if name == "steps":
+            return self.steps
+        if name not in self._tables:
+            spec = TABLES[name]
+            path = self.path / spec.filename
+            if not path.is_file():
+                raise MissingTableError(name, self.path)
+            self._tables[name] = pd.read_parquet(path)
+        return self._tables[name]
+
+
+class MissingTableError(RunLogError):
+    """A table a computation needs is absent; the message says which command produces it."""
+
+    def __init__(self, name: str, run_dir: Path):
+        spec = TABLES[name]
+        self.table = name
+        super().__init__(
+            f"run {run_dir} has no {spec.filename} ({spec.description}); produce it with: "
+            f"{spec.producer.replace('RUN_DIR', str(run_dir))}"
+        )
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "meta.json"
+    if not path.is_file():
+        raise RunLogError(f"{run_dir} is not a run directory: meta.json is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunLogError(f"{path} is corrupted: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise RunLogError(f"{path} is corrupted: expected a JSON object, got {type(meta).__name__}")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RunLogError(
+            f"{path} has schema_version {version!r}; this toolkit reads version {SCHEMA_VERSION}"
+        )
+    return meta
+
+
+def run_state(meta: dict[str, Any]) -> str:
+    """``success``, ``failed``, ``running``, or ``stale``: marked running, but its writer process on this
+    host is gone (killed without a chance to mark the run failed, e.g. SIGKILL or a power loss)."""
+    status = meta.get("status")
+    if status != "running":
+        return status
+    if meta.get("host") == socket.gethostname() and isinstance(meta.get("pid"), int):
+        try:
+            os.kill(meta["pid"], 0)
+        except ProcessLookupError:
+            return "stale"
+        except PermissionError:
+            pass  # alive, owned by someone else
+    return "running"
+
+
+def read_steps(run_dir: str | Path) -> pd.DataFrame:
+    """``steps.jsonl`` as a DataFrame; a torn last line (a crash mid-write) is dropped, others must parse."""
+    path = Path(run_dir) / TABLES["steps"].filename
+    columns = TABLES["steps"].column_names
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    rows = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the writer was killed while appending this line
+            raise RunLogError(f"{path} line {number} is not valid JSON") from None
+    return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+
+
+def read_run(run_dir: str | Path) -> RunLog:
+    """Read a run directory (meta and steps now, parquet tables on demand). Does not validate."""
+    run_dir = Path(run_dir)
+    return RunLog(run_dir, read_meta(run_dir), read_steps(run_dir))
+
+
+def _check_table(spec: Table, frame: pd.DataFrame) -> list[str]:
+    problems = []
+    missing = [c for c in spec.column_names if c not in frame.columns]
+    if missing:
+        return [f"{spec.filename}: missing column(s) {missing}"]
+    for col in spec.columns:
+        values = frame[col.name]
+        if not col.nullable and values.isna().any() and col.kind != "float":
+            problems.append(f"{spec.filename}: column {col.name} has {int(values.isna().sum())} missing values")
+        if col.finite:
+            numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            bad = ~np.isfinite(numeric)
+            if bad.any():
+                problems.append(f"{spec.filename}: column {col.name} has {int(bad.sum())} non-finite values")
+    if len(frame) and frame.duplicated(list(spec.key)).any():
+        dup = frame[frame.duplicated(list(spec.key), keep=False)].head(1)[list(spec.key)].to_dict("records")[0]
+        problems.append(f"{spec.filename}: duplicate key {spec.key} = {dup}")
+    return problems
+
+
+def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
+    """Check a run directory against the schema and return it read.
+
+    Checks meta.json (parses, schema version, required fields, status), steps.jsonl and every
+    parquet table present (columns, duplicate keys, non-finite losses), and that the tables named in
+    ``require`` exist.
+
+    Raises
+    ------
+    RunLogError
+        Listing every problem found.
+    """
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)  # raises on a missing/corrupted meta.json or a wrong schema version
+    problems = []
+    missing_meta = [k for k in REQUIRED_META if k not in run.meta]
+    if missing_meta:
+        problems.append(f"meta.json: missing field(s) {missing_meta}")
+    status = run.meta.get("status")
+    if status not in STATUSES:
+        problems.append(f"meta.json: status {status!r} is not one of {STATUSES}")
+    if status == "failed" and not run.meta.get("error"):
+        problems.append("meta.json: status failed without an error")
+    problems += _check_table(TABLES["steps"], run.steps)
+    for value, allowed, column in ((run.steps["split"], SPLITS, "split"),
+                                   (run.steps["predictor"], PREDICTORS, "predictor")):
+        unknown = sorted(set(value.dropna()) - set(allowed))
+        if unknown:
+            problems.append(f"steps.jsonl: unknown {column} value(s) {unknown}")
+    for name, spec in TABLES.items():
+        if name == "steps":
+            continue
+        if not run.has(name):
+            if name in require:
+                problems.append(str(MissingTableError(name, run_dir)))
+            continue
+        try:
+            frame = run.table(name)
+        except Exception as exc:  # a torn or foreign parquet file
+            problems.append(f"{spec.filename}: unreadable ({exc})")
+            continue
+        problems += _check_table(spec, frame)
+    if problems:
+        raise RunLogError(f"run {run_dir} is invalid:\n  - " + "\n  - ".join(problems))
+    return run
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON value: numpy scalars to Python, non-finite floats to None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

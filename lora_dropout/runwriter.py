@@ -1,0 +1,110 @@
+"""Writes one run directory in the schema of `bounds.runlog` (the only writer of a run).
+
+- ``meta.json`` is replaced atomically (temporary file and rename) at every change of state: it says
+  ``running`` until the end, then ``success``, or ``failed`` with the error (``interrupted`` for
+  Ctrl-C), so a reader never sees a half-written file and always knows whether a run finished.
+- ``steps.jsonl`` lines are appended and flushed as each evaluation ends.
+- Parquet tables accumulate in memory and are rewritten atomically after each evaluation: an
+  interrupted run keeps every table as of its last evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bounds.runlog import SCHEMA_VERSION, TABLES, jsonable
+
+from .persist import write_json_atomic
+from .provenance import git_info, utc_now, versions
+
+
+class RunWriter:
+    """Context manager around a run: marks it failed on any exception (and re-raises it)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, run_id: str, config: dict, seeds: dict, data: dict,
+                 device: str):
+        self.dir = Path(run_dir)
+        if (self.dir / "meta.json").exists():
+            raise FileExistsError(f"{self.dir} already holds a run; choose another run id or remove it")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.monotonic()
+        self._frames: dict[str, list[pd.DataFrame]] = {}
+        self.meta: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", "error": None,
+            "config": config, "seeds": seeds, "versions": versions(), "git": git_info(), "device": device,
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "started_at": utc_now(), "finished_at": None, "wall_s": None, "data": data, "final": {},
+        }
+        self._write_meta()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def _write_meta(self) -> None:
+        write_json_atomic(self.dir / "meta.json", jsonable(self.meta))
+
+    def append_steps(self, rows: list[dict]) -> None:
+        columns = TABLES["steps"].column_names
+        with open(self.dir / TABLES["steps"].filename, "a") as fh:
+            for row in rows:
+                fh.write(json.dumps(jsonable({c: row.get(c) for c in columns})) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def add_rows(self, table: str, frame: pd.DataFrame) -> None:
+        """Queue rows for a parquet table; written by the next `flush_tables`."""
+        spec = TABLES[table]
+        missing = [c for c in spec.column_names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"rows for {spec.filename} lack column(s) {missing}")
+        self._frames.setdefault(table, []).append(frame[spec.column_names])
+
+    def flush_tables(self) -> None:
+        for table, frames in self._frames.items():
+            path = self.dir / TABLES[table].filename
+            frame = pd.concat(frames, ignore_index=True)
+            self._frames[table] = [frame]
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                frame.to_parquet(tmp, index=False)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    def set_final(self, final: dict) -> None:
+        self.meta["final"] = final
+        self._write_meta()
+
+    def _finish(self, status: str, error: str | None) -> None:
+        self.meta.update(status=status, error=error, finished_at=utc_now(), wall_s=round(self.elapsed, 3))
+        self._write_meta()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.flush_tables()
+            self._finish("success", None)
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.flush_tables()
+            self._finish("failed", "interrupted (KeyboardInterrupt)")
+        else:
+            try:
+                self.flush_tables()
+            finally:
+                detail = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+                self._finish("failed", detail)
+        return False  # re-raise

@@ -1,0 +1,166 @@
+"""Fine-tuning with LoRA Dropout: the training loop and the run it writes.
+
+The loop is deliberately plain (nanoGPT-style) because the theory needs control over it: the data
+order of every epoch is a seeded permutation of the full training set, so a leave-one-out run can
+skip one example and keep everything else, masks included (`lora_dropout.masks`), identical.
+
+Randomness, all derived from ``TrainConfig.seed``:
+
+=========  =================================================================================
+init       the new classification head and LoRA's A (torch global RNG, seeded before creation)
+order      ``np.random.default_rng([order_seed, epoch]).permutation(n)`` per epoch
+masks      counter-based, keyed by (seed, epoch, sample_id, instance) (`LoraDropout.sample`)
+dropout    the base model's own dropout, if enabled (torch global RNG, seeded at the start)
+=========  =================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .apply import LoraDropout, apply_lora_dropout
+from .batching import EncodedSplit, encode_split
+from .data import TextSplits, load_hf_dataset, load_rotten_tomatoes, load_text_file
+from .models import load_classifier, load_tokenizer, make_peft_model
+from .objective import n_instance_backward
+from .peft_seam import adalora_update_and_allocate, is_adalora
+from .runconfig import DEFAULT_DATA, RunConfig, TrainConfig, derive_seed
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Positions ``0..n-1`` in the order epoch ``epoch`` visits them."""
+    return np.random.default_rng([derive_seed(seed, "order"), epoch]).permutation(n)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_splits(tc: TrainConfig) -> TextSplits:
+    """The data a run trains and tests on (see `lora_dropout.data`)."""
+    common = dict(seed=tc.data_seed, n_train=tc.n_train, n_test=tc.n_test)
+    if tc.data == DEFAULT_DATA:
+        return load_rotten_tomatoes(**common)
+    if tc.data.startswith("hf:"):
+        return load_hf_dataset(tc.data[3:], text_column=tc.text_column, label_column=tc.label_column,
+                               group_column=tc.group_column, **common)
+    return load_text_file(tc.data, text_column=tc.text_column, label_column=tc.label_column,
+                          group_column=tc.group_column, **common)
+
+
+@dataclass
+class Prepared:
+    """Data of a run, tokenised."""
+
+    splits: TextSplits
+    train: EncodedSplit
+    test: EncodedSplit
+    eval_train: EncodedSplit
+
+
+def prepare(tc: TrainConfig) -> Prepared:
+    splits = load_splits(tc)
+    tokenizer = load_tokenizer(tc.model)
+    train = encode_split(splits.train, tokenizer, tc.max_length)
+    test = encode_split(splits.test, tokenizer, tc.max_length)
+    k = len(train) if tc.eval_train_size is None else min(tc.eval_train_size, len(train))
+    return Prepared(splits, train, test, train.subset(range(k)))
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / batch_size)
+
+
+def build_model(config: RunConfig, num_labels: int, total_steps: int) -> tuple[torch.nn.Module, LoraDropout]:
+    """Pretrained classifier + peft adapter + LoRA Dropout, on the configured device and dtype."""
+    tc = config.train
+    init = derive_seed(tc.seed, "init")
+    dtype = getattr(torch, tc.dtype)
+    model = load_classifier(tc.model, num_labels=num_labels, seed=init, base_dropout=tc.base_dropout,
+                            dtype=dtype if dtype != torch.float32 else None)
+    model = make_peft_model(model, config.adapter, total_step=total_steps, seed=init)
+    model.to(resolve_device(tc.device))
+    handle = apply_lora_dropout(model, config.lora_dropout.replace(seed=derive_seed(tc.seed, "masks")))
+    return model, handle
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig):
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=tc.lr, weight_decay=tc.weight_decay)
+    warm = tc.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    return optimizer, scheduler
+
+
+@dataclass
+class StepInfo:
+    """Passed to callbacks after every optimizer step."""
+
+    step: int
+    epoch: int
+    loss: float
+    per_example: torch.Tensor  # (N, B)
+    sample_ids: torch.Tensor  # (B,)
+
+
+def fit(
+    model: torch.nn.Module,
+    handle: LoraDropout,
+    data: EncodedSplit,
+    tc: TrainConfig,
+    *,
+    exclude: Iterable[int] = (),
+    on_step: Callable[[StepInfo], None] | None = None,
+    should_eval: Callable[[int, bool], bool] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    epochs: int | None = None,
+    optimizer=None,
+    scheduler=None,
+) -> int:
+    """Train ``model`` on ``data`` with Eq. 7; returns the number of optimizer steps.
+
+    Parameters
+    ----------
+    exclude : sample ids skipped (leave-one-out): the order of the others is unchanged.
+    on_step : called after each optimizer step.
+    should_eval, on_eval : ``should_eval(step, end_of_epoch)`` decides; ``on_eval(step, epoch)`` evaluates.
+    """
+    device = resolve_device(tc.device)
+    excluded = set(int(i) for i in exclude)
+    if optimizer is None:
+        optimizer, scheduler = make_optimizer(model, tc)
+    params = trainable_parameters(model)
+    adalora = is_adalora(model)
+    torch.manual_seed(derive_seed(tc.seed, "dropout"))
+    step = 0
+    n_epochs = tc.epochs if epochs is None else epochs
+    for epoch in range(n_epochs):
+        order = [i for i in epoch_order(len(data), tc.seed, epoch) if int(data.sample_ids[i]) not in excluded]
+        n_batches = steps_per_epoch(len(order), tc.batch_size)
+        for b, batch in enumerate(data.batches(tc.batch_size, order, device=device)):
+            model.train()
+            result = n_instance_backward(model, batch, step=step, epoch=epoch)
+            if tc.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            optimizer.step()
+            if adalora:  # peft's contract: after the optimizer step, before zero_grad
+                adalora_update_and_allocate(model, step)
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            if on_step is not None:
+                on_step(StepInfo(step, epoch, float(result.loss), result.per_example, batch["sample_id"]))
+            if should_eval is not None and on_eval is not None and should_eval(step, b == n_batches - 1):
+                on_eval(step, epoch + (b + 1) / n_batches)
+    return step
