@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
+from .apply import LoraDropout
 from .evaluate import calibration_rows, run_split, sample_frame, summary_rows
 from .persist import save_lora_dropout
 from .runconfig import RunConfig, derive_seed
 from .runwriter import RunWriter
-from .train import build_model, fit, prepare, resolve_device, steps_per_epoch
+from .sparsity import module_sparsity
+from .train import Prepared, build_model, fit, prepare, resolve_device, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
             writer.add_rows("calibration", pd.DataFrame(calibration_rows(logits)).assign(step=step))
             if tc.samples_every and evaluations % tc.samples_every == 0:
                 writer.add_rows("samples", sample_frame(logits).assign(step=step))
+        # realised sparsity of the masks this epoch's training stream gives (up to 128 training examples)
+        keys = torch.as_tensor(prepared.train.sample_ids[:128], device=device)
+        mask_epoch = max(0, math.ceil(epoch) - 1)
+        writer.add_rows("modules", module_sparsity(handle, keys, epoch=mask_epoch).assign(step=step))
         writer.flush_tables()
         save_lora_dropout(model, writer.dir / "adapter")
         writer.set_final(final)
@@ -83,3 +91,39 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
             evaluate(0, 0.0)
         fit(model, handle, prepared.train, tc, on_step=on_step, should_eval=should_eval, on_eval=evaluate)
     return RunResult(writer.dir, writer.meta["final"])
+
+
+@dataclass
+class LoadedRun:
+    """A finished run brought back: its configuration, data, and model at theta(S)."""
+
+    run_dir: Path
+    config: RunConfig
+    prepared: Prepared
+    model: torch.nn.Module
+    handle: LoraDropout
+    n_steps: int
+
+
+def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
+    """Rebuild a run's model exactly as trained (same seeds, same data) and load ``adapter/`` into it.
+
+    The freshly built model is what training started from; loading the saved adapter makes it
+    theta(S). ``device`` overrides the device the run used.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from bounds.runlog import read_meta
+
+    run_dir = Path(run_dir)
+    config = RunConfig.from_dict(read_meta(run_dir)["config"])
+    if device is not None:
+        config = config.replace(train={"device": device})
+    prepared = prepare(config.train)
+    n_steps = config.train.epochs * steps_per_epoch(len(prepared.train), config.train.batch_size)
+    model, handle = build_model(config, len(prepared.splits.label_names), n_steps)
+    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"),
+                        device=str(resolve_device(config.train.device)))
+    set_peft_model_state_dict(model, weights)
+    return LoadedRun(run_dir, config, prepared, model, handle, n_steps)

@@ -124,16 +124,21 @@ def fit(
     should_eval: Callable[[int, bool], bool] | None = None,
     on_eval: Callable[[int, float], None] | None = None,
     epochs: int | None = None,
+    first_epoch: int = 0,
+    first_step: int = 0,
     optimizer=None,
     scheduler=None,
 ) -> int:
-    """Train ``model`` on ``data`` with Eq. 7; returns the number of optimizer steps.
+    """Train ``model`` on ``data`` with Eq. 7; returns the step counter at the end.
 
     Parameters
     ----------
     exclude : sample ids skipped (leave-one-out): the order of the others is unchanged.
     on_step : called after each optimizer step.
     should_eval, on_eval : ``should_eval(step, end_of_epoch)`` decides; ``on_eval(step, epoch)`` evaluates.
+    epochs, first_epoch : train epochs ``first_epoch .. first_epoch + epochs - 1`` (default: all of
+        ``tc.epochs`` from 0); a warm start continues the data-order and mask streams this way, and
+        with ``first_step`` the step counter (batch-scope masks, AdaLoRA's schedule).
     """
     device = resolve_device(tc.device)
     excluded = set(int(i) for i in exclude)
@@ -142,9 +147,9 @@ def fit(
     params = trainable_parameters(model)
     adalora = is_adalora(model)
     torch.manual_seed(derive_seed(tc.seed, "dropout"))
-    step = 0
+    step = first_step
     n_epochs = tc.epochs if epochs is None else epochs
-    for epoch in range(n_epochs):
+    for epoch in range(first_epoch, first_epoch + n_epochs):
         order = [i for i in epoch_order(len(data), tc.seed, epoch) if int(data.sample_ids[i]) not in excluded]
         n_batches = steps_per_epoch(len(order), tc.batch_size)
         for b, batch in enumerate(data.batches(tc.batch_size, order, device=device)):
@@ -162,5 +167,5 @@ def fit(
             if on_step is not None:
                 on_step(StepInfo(step, epoch, float(result.loss), result.per_example, batch["sample_id"]))
             if should_eval is not None and on_eval is not None and should_eval(step, b == n_batches - 1):
-                on_eval(step, epoch + (b + 1) / n_batches)
+                on_eval(step, epoch - first_epoch + (b + 1) / n_batches)
     return step

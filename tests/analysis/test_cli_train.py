@@ -32,7 +32,7 @@ def test_train_writes_a_valid_run_directory(assets, tmp_path, capsys):
     assert main(_args(assets, tmp_path, "r1")) == 0
     printed = capsys.readouterr().out
     assert str(tmp_path / "r1") in printed and "test/ensemble" in printed
-    run = validate_run(tmp_path / "r1", require=("samples", "calibration"))
+    run = validate_run(tmp_path / "r1", require=("samples", "calibration", "modules"))
     assert run.meta["status"] == "success" and run_state(run.meta) == "success"
     assert run.meta["config"]["lora_dropout"]["dropout_rate"] == 0.3
     assert run.meta["config"]["train"]["n_train"] == 40
