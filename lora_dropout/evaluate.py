@@ -39,6 +39,7 @@ class SplitLogits:
     member_logits: torch.Tensor  # (N, n, C), float32 on CPU
     deterministic_logits: torch.Tensor  # (n, C)
     average: str
+    full_logits: torch.Tensor | None = None  # (n, C): unmasked dW, when requested
 
     def member_losses(self) -> torch.Tensor:
         """Cross-entropy of each member on each example, ``(N, n)``."""
@@ -63,37 +64,49 @@ def run_split(
     *,
     batch_size: int,
     device: torch.device | str,
+    full: bool = False,
 ) -> SplitLogits:
     """Members of the test-time ensemble and the deterministic predictor on every example of ``data``.
 
-    With ``dropout_rate = 0`` every member equals the unmasked model, so one member is run.
+    With ``dropout_rate = 0`` every member equals the unmasked model, so one member is run. ``full``
+    also records the unmasked model (theta(S) of the theory; the same pass as the deterministic
+    predictor when that is already unmasked).
     """
     cfg = handle.config
     n_members = 1 if cfg.dropout_rate == 0 else cfg.n_eval_instances
     det_mode = EvalMode.FULL if cfg.eval_mode == EvalMode.FULL else EvalMode.EXPECTED
-    members, deterministic = [], []
+    separate_full = full and det_mode != EvalMode.FULL and cfg.dropout_rate > 0
+    members, deterministic, unmasked = [], [], []
     for batch in data.batches(batch_size, device=device):
         members.append(predict(model, batch, mode="ensemble", n_instances=n_members).member_logits.float().cpu())
         deterministic.append(predict(model, batch, mode=det_mode).member_logits[0].float().cpu())
+        if separate_full:
+            unmasked.append(predict(model, batch, mode=EvalMode.FULL).member_logits[0].float().cpu())
+    det_logits = torch.cat(deterministic, dim=0)
+    full_logits = torch.cat(unmasked, dim=0) if separate_full else (det_logits if full else None)
     return SplitLogits(
-        split, data.sample_ids, data.labels, torch.cat(members, dim=1), torch.cat(deterministic, dim=0),
-        cfg.ensemble_average.value,
+        split, data.sample_ids, data.labels, torch.cat(members, dim=1), det_logits, cfg.ensemble_average.value,
+        full_logits,
     )
 
 
 def _rows_of(split_logits: SplitLogits):
     """``{predictor: [(probs, per-example losses), ...]}`` with one entry per member for member_mean."""
-    det_loss = F.cross_entropy(split_logits.deterministic_logits, torch.tensor(split_logits.labels),
-                               reduction="none")
+    det_probs, det_loss = _single(split_logits.deterministic_logits, split_logits.labels)
     ens_logp = split_logits.ensemble_log_probs()
     ens_loss = -ens_logp[torch.arange(len(split_logits.labels)), torch.tensor(split_logits.labels)]
     member_loss = split_logits.member_losses()
     member_probs = split_logits.member_logits.softmax(-1)
     return {
-        "deterministic": [(split_logits.deterministic_logits.softmax(-1).numpy(), det_loss.numpy())],
+        "deterministic": [(det_probs, det_loss)],
         "member_mean": [(member_probs[r].numpy(), member_loss[r].numpy()) for r in range(len(member_probs))],
         "ensemble": [(ens_logp.exp().numpy(), ens_loss.numpy())],
     }
+
+
+def _single(logits: torch.Tensor, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    loss = F.cross_entropy(logits, torch.tensor(labels), reduction="none")
+    return logits.softmax(-1).numpy(), loss.numpy()
 
 
 def summary_rows(split_logits: SplitLogits) -> list[dict]:
@@ -125,12 +138,16 @@ def calibration_rows(split_logits: SplitLogits) -> list[dict]:
 
 def sample_frame(split_logits: SplitLogits) -> pd.DataFrame:
     """The per-sample loss matrix of one split: a member row per (example, instance), plus the
-    deterministic and ensemble rows (instance -1)."""
+    deterministic, ensemble and (when recorded) full rows (instance -1)."""
     parts = _rows_of(split_logits)
+    if split_logits.full_logits is not None:
+        parts["full"] = [_single(split_logits.full_logits, split_logits.labels)]
     labels = split_logits.labels
     frames = []
     for predictor, instances in (("member", range(len(parts["member_mean"]))), ("deterministic", [-1]),
-                                 ("ensemble", [-1])):
+                                 ("ensemble", [-1]), ("full", [-1])):
+        if predictor not in parts and predictor != "member":
+            continue
         source = parts["member_mean"] if predictor == "member" else parts[predictor]
         for r, (probs, losses) in zip(instances, source, strict=True):
             frames.append(pd.DataFrame({

@@ -58,7 +58,8 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
         window.clear()
         final = {}
         for split, data in (("train", prepared.eval_train), ("test", prepared.test)):
-            logits = run_split(model, handle, data, split, batch_size=tc.eval_batch_size, device=device)
+            logits = run_split(model, handle, data, split, batch_size=tc.eval_batch_size, device=device,
+                               full=step == n_steps)  # the unmasked model, theta(S), for the bounds
             rows = [{**row, "step": step, "epoch": epoch, "objective": objective, "wall_s": writer.elapsed}
                     for row in summary_rows(logits)]
             writer.append_steps(rows)
@@ -68,7 +69,7 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
             if tc.samples_every and evaluations % tc.samples_every == 0:
                 writer.add_rows("samples", sample_frame(logits).assign(step=step))
         # realised sparsity of the masks this epoch's training stream gives (up to 128 training examples)
-        keys = torch.as_tensor(prepared.train.sample_ids[:128], device=device)
+        keys = torch.tensor(prepared.train.sample_ids[:128], device=device)
         mask_epoch = max(0, math.ceil(epoch) - 1)
         writer.add_rows("modules", module_sparsity(handle, keys, epoch=mask_epoch).assign(step=step))
         writer.flush_tables()

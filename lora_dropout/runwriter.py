@@ -27,6 +27,27 @@ from .persist import write_json_atomic
 from .provenance import git_info, utc_now, versions
 
 
+def write_table(run_dir: str | os.PathLike, table: str, frame: pd.DataFrame) -> Path:
+    """Write (replace) one parquet table of a run atomically, in the schema's column order.
+
+    Also how probes and stability measurements are added to a finished run.
+    """
+    spec = TABLES[table]
+    missing = [c for c in spec.column_names if c not in frame.columns]
+    if missing:
+        raise ValueError(f"rows for {spec.filename} lack column(s) {missing}")
+    path = Path(run_dir) / spec.filename
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame[spec.column_names].to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 class RunWriter:
     """Context manager around a run: marks it failed on any exception (and re-raises it)."""
 
@@ -71,17 +92,9 @@ class RunWriter:
 
     def flush_tables(self) -> None:
         for table, frames in self._frames.items():
-            path = self.dir / TABLES[table].filename
             frame = pd.concat(frames, ignore_index=True)
             self._frames[table] = [frame]
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                frame.to_parquet(tmp, index=False)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_table(self.dir, table, frame)
 
     def set_final(self, final: dict) -> None:
         self.meta["final"] = final

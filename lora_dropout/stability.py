@@ -31,6 +31,7 @@ model (`LoraLooProblem`).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -39,6 +40,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 METHODS = ("retrain", "warm_start", "influence")
+
+
+class InfluenceUndefined(RuntimeError):
+    """``H + 2 lam s I`` is not positive definite: the influence approximation does not exist."""
 
 
 class LooProblem(Protocol):
@@ -72,7 +77,11 @@ def choose_indices(n: int, k: int, seed: int) -> np.ndarray:
 
 def estimate_stability(problem: LooProblem, indices: Sequence[int], methods: Iterable[str] = METHODS,
                        *, progress: bool = True) -> pd.DataFrame:
-    """Leave-one-out pairs for every index and method: the rows of the ``stability`` table."""
+    """Leave-one-out pairs for every index and method: the rows of the ``stability`` table.
+
+    A method the problem cannot evaluate (influence where ``H + 2 lam s I`` is indefinite) is skipped
+    with a warning; ``frame.attrs["skipped"]`` maps it to the reason.
+    """
     methods = list(methods)
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -80,12 +89,20 @@ def estimate_stability(problem: LooProblem, indices: Sequence[int], methods: Ite
     theta = problem.theta_s()
     reference = problem.warm_start(None) if "warm_start" in methods else None
     rows = []
+    skipped: dict[str, str] = {}  # method -> why it cannot be evaluated on this problem
     bar = tqdm(total=len(indices) * len(methods), desc="leave-one-out", disable=not progress, leave=False)
     for i in indices:
         for method in methods:
             t0 = time.perf_counter()
+            if method in skipped:
+                continue
             if method == "influence":
-                delta, step = problem.influence(i)
+                try:
+                    delta, step = problem.influence(i)
+                except InfluenceUndefined as exc:
+                    skipped[method] = str(exc)
+                    warnings.warn(f"influence estimates skipped: {exc}", RuntimeWarning, stacklevel=2)
+                    continue
                 loss_s = problem.loss(theta, i)
                 row = {"loss_s": loss_s, "loss_si": loss_s + delta, "param_distance": step}
             else:
@@ -97,4 +114,137 @@ def estimate_stability(problem: LooProblem, indices: Sequence[int], methods: Ite
                          "wall_s": time.perf_counter() - t0})
             bar.update(1)
     bar.close()
-    return pd.DataFrame(rows, columns=["sample_id", "method", "loss_s", "loss_si", "param_distance", "wall_s"])
+    frame = pd.DataFrame(rows, columns=["sample_id", "method", "loss_s", "loss_si", "param_distance", "wall_s"])
+    frame.attrs["skipped"] = skipped
+    return frame
+
+
+class LoraLooProblem:
+    """Leave-one-out on a trained LoRA Dropout run (`lora_dropout.run.load_run`).
+
+    ``theta`` is the state of the trainable parameters (LoRA factors and the classification head); the
+    loss of an example is the cross-entropy of the UNMASKED model in eval mode, the hypothesis
+    ``theta(S)`` of the theory (as in `lora_dropout.probes`). Parameter distances are measured on the
+    merged updates, ``sqrt(sum_k ||dW_k(S^i) - dW_k(S)||_F^2)``.
+
+    Retraining rebuilds the run's initial parameters (same seeds) and trains with `fit` and the run's
+    configuration, skipping one sample id; warm starts continue the run's streams for
+    ``warm_epochs`` epochs (epochs numbered after the run's own). The influence estimate works in the
+    ``delta_w`` space of `lora_dropout.probes` on ``probe_data`` (a subset of the training set, so the
+    Hessian is estimated on it); it is undefined, and raises, where ``H + 2 lam s I`` is not positive
+    definite, the same condition that makes Thm 4.4 vacuous.
+    """
+
+    def __init__(self, loaded, *, lam: float = 1.0, warm_epochs: int = 1, probe_data=None,
+                 batch_size: int = 16):
+        import torch
+
+        from .train import build_model, trainable_parameters
+
+        self.run = loaded
+        self.lam = lam
+        self.warm_epochs = warm_epochs
+        self.data = loaded.prepared.train
+        self.n = len(self.data)
+        self.probe_data = probe_data or self.data
+        self.batch_size = batch_size
+        self._params = [p for p in trainable_parameters(loaded.model)]
+        self._theta = self._snapshot()
+        fresh, _ = build_model(loaded.config, len(loaded.prepared.splits.label_names), loaded.n_steps)
+        self._init = [p.detach().clone() for p in trainable_parameters(fresh)]
+        del fresh
+        self._torch = torch
+        self._influence_state = None
+
+    # -- parameter states ---------------------------------------------------------------------------
+
+    def _snapshot(self) -> list:
+        return [p.detach().clone() for p in self._params]
+
+    def _load(self, theta: list) -> None:
+        with self._torch.no_grad():
+            for p, value in zip(self._params, theta, strict=True):
+                p.copy_(value)
+
+    def theta_s(self) -> list:
+        return self._theta
+
+    def sample_id(self, i: int) -> int:
+        return int(self.data.sample_ids[i])
+
+    def loss(self, theta: list, i: int) -> float:
+        import torch.nn.functional as F
+
+        from .objective import KEY_FIELD
+
+        self._load(theta)
+        model, handle = self.run.model, self.run.handle
+        batch = self.data.collate([i], device=self._device)
+        was_training = model.training
+        model.eval()
+        try:
+            with self._torch.no_grad(), handle.use_scale(1.0):
+                inputs = {k: v for k, v in batch.items() if k not in ("labels", KEY_FIELD)}
+                logits = model(**inputs).logits
+        finally:
+            model.train(was_training)
+        return float(F.cross_entropy(logits.float(), batch["labels"]))
+
+    def _merged(self, theta: list) -> list:
+        self._load(theta)
+        return [s.delta_weight().detach().double() for s in self.run.handle.sites]
+
+    def distance(self, a: list, b: list) -> float:
+        pairs = zip(self._merged(a), self._merged(b), strict=True)
+        return sum(float(((x - y) ** 2).sum()) for x, y in pairs) ** 0.5
+
+    @property
+    def _device(self):
+        return self._params[0].device
+
+    # -- estimators ---------------------------------------------------------------------------------
+
+    def _train(self, start: list, exclude: set[int], *, epochs: int | None, first_epoch: int, first_step: int):
+        from .train import fit
+
+        self._load(start)
+        fit(self.run.model, self.run.handle, self.data, self.run.config.train, exclude=exclude, epochs=epochs,
+            first_epoch=first_epoch, first_step=first_step)
+        return self._snapshot()
+
+    def retrain(self, i: int) -> list:
+        return self._train(self._init, {self.sample_id(i)}, epochs=None, first_epoch=0, first_step=0)
+
+    def warm_start(self, i: int | None) -> list:
+        exclude = set() if i is None else {self.sample_id(i)}
+        tc = self.run.config.train
+        return self._train(self._theta, exclude, epochs=self.warm_epochs, first_epoch=tc.epochs,
+                           first_step=self.run.n_steps)
+
+    def influence(self, i: int) -> tuple[float, float]:
+        from .curvature import conjugate_gradient
+        from .probes import ParamSpace, hessian_hvp
+
+        torch = self._torch
+        self._load(self._theta)
+        model, handle = self.run.model, self.run.handle
+        if self._influence_state is None:
+            hvp, _ = hessian_hvp(model, handle, self.probe_data, space="delta_w", batch_size=self.batch_size)
+            self._influence_state = hvp
+        hvp = self._influence_state
+        space = ParamSpace(model, handle, "delta_w")
+        theta = space.flat()
+        batch = self.data.collate([i], device=self._device)
+        with space.active():
+            flat = theta.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(space.per_sample_losses(flat, batch)[0], flat)
+        damping = 2.0 * self.lam * handle.config.sparsity
+        g = g.double().cpu().numpy()
+        g_reg = g + damping * theta.double().cpu().numpy()  # gradient of the regularised per-sample loss
+        x, info = conjugate_gradient(hvp, g_reg, damping=damping, tol=1e-4)
+        if not info["converged"] or float(g_reg @ x) < 0:
+            raise InfluenceUndefined(
+                f"influence undefined: H + 2 lam s I (2 lam s = {damping:.3g}) is not positive definite on "
+                f"this run (CG residual {info['residual']:.3g})"
+            )
+        return float(g @ x) / self.n, float((x @ x) ** 0.5) / self.n

@@ -97,6 +97,6 @@ def write_tiny_csv(path, n: int = 80, seed: int = 0, groups: int = 10):
         label = i % 2
         words = list(rng.choice(FILLER, size=4)) + [str(rng.choice(POSITIVE if label else NEGATIVE)), f"w{i}"]
         rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": ["neg", "pos"][label], "group": f"g{i % groups}"})
+        rows.append({"text": " ".join(words), "label": ["neg", "pos"][label], "group": f"g{(i // 2) % groups}"})
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

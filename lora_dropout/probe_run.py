@@ -1,0 +1,65 @@
+"""Measurements on a finished run that need its model: curvature/Lipschitz probes and stability.
+
+``lora-dropout probe RUN_DIR --curvature --stability-k 16`` rebuilds theta(S) from the run directory
+(`lora_dropout.run.load_run`), measures, and adds ``probes.parquet`` / ``stability.parquet`` to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .probes import run_probes
+from .run import load_run
+from .runwriter import write_table
+from .stability import METHODS, LoraLooProblem, choose_indices, estimate_stability
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    probes: Path | None
+    stability: Path | None
+    skipped: dict[str, str]
+
+
+def probe_run(
+    run_dir: str | Path,
+    *,
+    curvature: bool = True,
+    spaces: tuple[str, ...] = ("delta_w",),
+    stability_k: int = 0,
+    methods: tuple[str, ...] = METHODS,
+    lam: float = 1.0,
+    probe_examples: int | None = 128,
+    tol: float = 1e-3,
+    warm_epochs: int = 1,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> ProbeResult:
+    """Measure ``run_dir``'s theta(S) and write the tables into it.
+
+    Parameters
+    ----------
+    curvature : Lipschitz constants, Hessian extremes (Lanczos) and stationarity, per space.
+    stability_k : leave-one-out indices (0 = none), drawn with ``seed`` from the training set.
+    methods : stability estimators among ``retrain``, ``warm_start``, ``influence``.
+    probe_examples : the first k training examples (of the seeded order) the curvature probes and the
+        influence Hessian use; None = all. The Hessian of the mean loss is estimated on this subset.
+    """
+    loaded = load_run(run_dir, device=device)
+    train = loaded.prepared.train
+    data = train if probe_examples is None else train.subset(range(min(probe_examples, len(train))))
+    probes_path = stability_path = None
+    skipped: dict[str, str] = {}
+    if curvature:
+        frame = run_probes(loaded.model, loaded.handle, data, lam=lam, spaces=spaces, tol=tol)
+        probes_path = write_table(run_dir, "probes", frame)
+    if stability_k:
+        problem = LoraLooProblem(loaded, lam=lam, warm_epochs=warm_epochs, probe_data=data)
+        frame = estimate_stability(problem, choose_indices(len(train), stability_k, seed), methods,
+                                   progress=progress)
+        skipped = dict(frame.attrs.get("skipped", {}))
+        if len(frame):
+            stability_path = write_table(run_dir, "stability", frame)
+    return ProbeResult(probes_path, stability_path, skipped)

@@ -1,0 +1,74 @@
+"""Probes and stability on a real (tiny) run directory, and the coupling of leave-one-out runs."""
+
+import numpy as np
+import pytest
+import torch
+
+from bounds.runlog import validate_run
+from lora_dropout import LoraDropoutConfig, apply_lora_dropout
+from lora_dropout.batching import EncodedSplit
+from lora_dropout.probe_run import probe_run
+from lora_dropout.run import load_run, train_run
+from lora_dropout.runconfig import RunConfig
+from lora_dropout.train import fit
+from tests.tiny import save_tiny_classifier, tiny_lora, write_tiny_csv
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    config = RunConfig().replace(
+        train={"model": str(save_tiny_classifier(root / "model")), "data": str(write_tiny_csv(root / "d.csv")),
+               "group_column": "group", "n_train": 32, "n_test": None, "epochs": 2, "batch_size": 8,
+               "eval_train_size": 16, "lr": 5e-3, "eval_at_start": False},
+        lora_dropout={"dropout_rate": 0.3, "n_instances": 2},
+    )
+    return train_run(config, root / "runs", run_id="tiny", progress=False).run_dir
+
+
+def test_reloaded_run_reproduces_its_final_losses(tiny_run):
+    run = validate_run(tiny_run)
+    loaded = load_run(tiny_run)
+    from lora_dropout.evaluate import run_split
+
+    logits = run_split(loaded.model, loaded.handle, loaded.prepared.test, "test", batch_size=16, device="cpu")
+    samples = run.table("samples")
+    last = samples[(samples.step == samples.step.max()) & (samples.split == "test")
+                   & (samples.predictor == "deterministic")].sort_values("sample_id")
+    order = np.argsort(logits.sample_ids)
+    det = torch.nn.functional.cross_entropy(logits.deterministic_logits, torch.tensor(logits.labels),
+                                            reduction="none").numpy()[order]
+    np.testing.assert_allclose(det, last.loss.to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_probe_writes_valid_probes_and_stability_tables(tiny_run):
+    result = probe_run(tiny_run, curvature=True, spaces=("delta_w", "factors"), stability_k=2,
+                       probe_examples=16, progress=False)
+    run = validate_run(tiny_run, require=("probes", "stability"))
+    probes = run.table("probes")
+    assert set(probes.space) == {"delta_w", "factors"}
+    assert {"lipschitz_max", "hessian_min_eig", "hessian_max_eig", "grad_norm"} <= set(probes.quantity)
+    stability = run.table("stability")
+    expected = {"retrain", "warm_start", "influence"} - set(result.skipped)
+    assert set(stability.method) == expected and len(stability) == 2 * len(expected)
+    retrain = stability[stability.method == "retrain"]
+    # removing an example and retraining moves the parameters, and by far less than their size
+    assert (retrain.param_distance > 0).all()
+
+
+def test_coupled_leave_one_out_differs_only_in_the_removed_example():
+    seen = {}
+    data = EncodedSplit(tuple({"input_ids": [2, 3 + i % 40, 4]} for i in range(20)), np.arange(20) % 3,
+                        np.arange(100, 120), 0)
+    from lora_dropout.runconfig import TrainConfig
+
+    tc = TrainConfig(batch_size=6, epochs=2, lr=1e-3, device="cpu")
+    for name, exclude in (("full", ()), ("loo", (107,))):
+        model = tiny_lora(seed=0)
+        handle = apply_lora_dropout(model, LoraDropoutConfig(dropout_rate=0.3, n_instances=2))
+        order = []
+        fit(model, handle, data, tc, exclude=exclude,
+            on_step=lambda info, order=order: order.extend(info.sample_ids.tolist()))
+        seen[name] = order
+    assert 107 not in seen["loo"] and seen["full"].count(107) == 2
+    assert [s for s in seen["full"] if s != 107] == seen["loo"]

@@ -1,0 +1,256 @@
+"""Probes on the tiny float64 BERT: reparametrisation, per-sample gradients, Lanczos vs the dense Hessian."""
+
+import numpy as np
+import pytest
+import torch
+
+from bounds.runlog import TABLES
+from lora_dropout import LoraDropoutConfig, apply_lora_dropout
+from lora_dropout.batching import EncodedSplit
+from lora_dropout.curvature import dense_hessian, lanczos_extremes
+from lora_dropout.probes import (
+    SPACES,
+    ParamSpace,
+    hessian_hvp,
+    objective_grad_norm,
+    per_sample_grad_norms,
+    per_sample_grad_norms_loop,
+    run_probes,
+)
+from tests.tiny import VOCAB, tiny_adalora, tiny_lora
+
+P = 0.3
+S = 2 * P - P**2
+
+
+def _eager(model):
+    model.set_attn_implementation("eager")  # double backward (Hessian-vector products) needs eager attention
+    return model
+
+
+def _lora():
+    # one adapted layer keeps the dense Hessian small (delta_w: 2 sites x 16 x 16 = 512 coordinates)
+    model = _eager(tiny_lora(r=2, layers_to_transform=[0]).double())
+    return model, apply_lora_dropout(model, LoraDropoutConfig(dropout_rate=P))
+
+
+def _data(n: int = 12, seed: int = 0) -> EncodedSplit:
+    """Sentences of 3 to 8 tokens: every batch is padded, so pads must not matter."""
+    rng = np.random.default_rng(seed)
+    features = tuple(
+        {"input_ids": rng.integers(1, VOCAB, size=rng.integers(3, 9)).tolist()} for _ in range(n)
+    )
+    return EncodedSplit(
+        features, rng.integers(0, 3, n).astype(np.int64), 10 * np.arange(n, dtype=np.int64), 0
+    )
+
+
+def _model_inputs(batch):
+    return {k: v for k, v in batch.items() if k not in ("labels", "sample_id")}
+
+
+def test_delta_w_space_at_the_merged_update_reproduces_the_model():
+    model, handle = _lora()
+    model.eval()
+    batch = next(_data().batches(12))
+    with torch.no_grad(), handle.use_scale(1.0):
+        full = model(**_model_inputs(batch)).logits
+    with torch.no_grad(), handle.use_scale(0.0):
+        base = model(**_model_inputs(batch)).logits
+    assert (full - base).abs().max() > 1e-2  # the adapter changes the output: the check below can fail
+    for space in SPACES:
+        ps = ParamSpace(model, handle, space)
+        with torch.no_grad(), ps.active():
+            torch.testing.assert_close(ps.logits(ps.flat(), batch), full, rtol=1e-12, atol=1e-12)
+    ps = ParamSpace(model, handle, "delta_w")
+    with torch.no_grad(), ps.active():  # D = 0 is the base model: the LoRA branch itself is off
+        torch.testing.assert_close(
+            ps.logits(torch.zeros(ps.dim, dtype=torch.float64), batch), base, rtol=1e-12, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize(
+    "make", [_lora, lambda: _with_handle(tiny_adalora().double())], ids=["lora", "adalora"]
+)
+def test_penalty_is_the_squared_norm_of_the_merged_updates(make):
+    model, handle = make()
+    expected = sum(float(s.delta_weight().detach().square().sum()) for s in handle.sites)
+    for space in SPACES:
+        ps = ParamSpace(model, handle, space)
+        with torch.no_grad(), ps.active():
+            np.testing.assert_allclose(float(ps.penalty(ps.flat())), expected, rtol=1e-12)
+    ps = ParamSpace(model, handle, "factors")
+    with torch.no_grad(), ps.active():
+        # dW is bilinear in (A, B) (AdaLoRA: trilinear in A, E, B): scaling all factors by 2 scales it by 2^k
+        k = 3 if handle.sites[0].kind == "adalora" else 2
+        np.testing.assert_allclose(float(ps.penalty(2 * ps.flat())), 4**k * expected, rtol=1e-12)
+
+
+def _with_handle(model):
+    return model, apply_lora_dropout(model, LoraDropoutConfig(dropout_rate=P))
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_lanczos_extremes_match_the_dense_hessian(space):
+    model, handle = _lora()
+    data = _data()
+    ps = ParamSpace(model, handle, space)
+    with ps.active():
+        dense = dense_hessian(lambda flat: ps.loss(flat, next(data.batches(len(data)))), ps.flat()).numpy()
+    exact = np.linalg.eigvalsh(dense)
+    hvp, dim = hessian_hvp(model, handle, data, space=space, batch_size=5)  # batches of 5, 5, 2: weighted
+    assert dim == ps.dim == dense.shape[0]
+    v = np.random.default_rng(1).standard_normal(dim)
+    np.testing.assert_allclose(hvp(v), dense @ v, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+    scale = np.abs(exact).max()
+    result = lanczos_extremes(hvp, dim, tol=1e-10)
+    assert exact[0] < 0  # indefinite, as theory.md expects: Lambda_min is not trivially positive
+    np.testing.assert_allclose(
+        [result["min_eig"], result["max_eig"]], [exact[0], exact[-1]], atol=1e-8 * scale
+    )
+    assert result["min_residual"] < 1e-8 * scale
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+@pytest.mark.parametrize("space", SPACES)
+def test_vmap_per_sample_gradient_norms_match_the_loop(space, lam):
+    model, handle = _lora()
+    data = _data()
+    fast = per_sample_grad_norms(model, handle, data, space=space, lam=lam, batch_size=5)
+    slow = per_sample_grad_norms_loop(model, handle, data, space=space, lam=lam)
+    assert fast.shape == (len(data),)
+    np.testing.assert_allclose(fast, slow, rtol=1e-10)
+    assert fast.std() > 1e-3 * fast.mean()  # examples differ: a shared (e.g. batch-mean) gradient would fail
+
+
+def test_regulariser_adds_2_lam_s_delta_to_every_gradient():
+    model, handle = _lora()
+    data = _data(n=1)
+    d = torch.cat([s.delta_weight().reshape(-1) for s in handle.sites])
+    ps = ParamSpace(model, handle)
+    with ps.active():
+        flat = ps.flat().requires_grad_(True)
+        (grad,) = torch.autograd.grad(ps.loss(flat, next(data.batches(1))), flat)
+    expected = torch.linalg.vector_norm(grad + 2 * 0.7 * S * d)
+    np.testing.assert_allclose(
+        per_sample_grad_norms(model, handle, data, lam=0.7), [float(expected)], rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_objective_gradient_norm_matches_the_full_batch_gradient(space):
+    model, handle = _lora()
+    data = _data()
+    ps = ParamSpace(model, handle, space)
+    with ps.active():
+        flat = ps.flat().requires_grad_(True)
+        objective = ps.loss(flat, next(data.batches(len(data)))) + 0.5 * S * ps.penalty(flat)
+        (grad,) = torch.autograd.grad(objective, flat)
+    np.testing.assert_allclose(
+        objective_grad_norm(model, handle, data, space=space, lam=0.5, batch_size=5),
+        float(torch.linalg.vector_norm(grad)),
+        rtol=1e-12,
+    )
+
+
+def test_adalora_factor_space_holds_lambda_and_matches_the_loop():
+    model, handle = _with_handle(tiny_adalora().double())
+    ps = ParamSpace(model, handle, "factors")
+    assert ps.dim == sum(p.numel() for s in handle.sites for _, p in s.trainable_factors())
+    assert any("lora_E" in name for s in handle.sites for name, _ in s.trainable_factors())
+    data = _data(n=6)
+    np.testing.assert_allclose(
+        per_sample_grad_norms(model, handle, data, space="factors", batch_size=4),
+        per_sample_grad_norms_loop(model, handle, data, space="factors"),
+        rtol=1e-10,
+    )
+
+
+def test_a_causal_model_is_refused_by_the_vmap_path():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=3,
+        pad_token_id=0,
+    )
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model, handle = _with_handle(get_peft_model(LlamaForSequenceClassification(config), lora).double())
+    with pytest.raises(RuntimeError, match="causal"):
+        per_sample_grad_norms(model, handle, _data(n=4), lam=0.0)
+
+
+def test_hessian_needs_eager_attention():
+    model = tiny_lora(r=2)  # sdpa by default
+    handle = apply_lora_dropout(model, LoraDropoutConfig(dropout_rate=P))
+    with pytest.raises(ValueError, match="set_attn_implementation"):
+        hessian_hvp(model, handle, _data())
+
+
+def _state(model, handle):
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "params": [p.detach().clone() for p in model.parameters()],
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+        "plain_step": handle._plain_step,
+    }
+
+
+def test_run_probes_table_and_model_left_as_found():
+    model, handle = _lora()
+    data = _data()
+    batch = _model_inputs(next(data.batches(len(data))))
+    model.eval()
+    with torch.no_grad():
+        before_logits = model(**batch).logits
+    model.train()
+    model.base_model.model.classifier.eval()  # a mixed train/eval state must come back as it was
+    before = _state(model, handle)
+
+    table = run_probes(model, handle, data, batch_size=5)
+
+    after = _state(model, handle)
+    assert after["training"] == before["training"] and after["requires_grad"] == before["requires_grad"]
+    assert after["hooks"] == before["hooks"] and after["plain_step"] == before["plain_step"]
+    for a, b in zip(after["params"], before["params"], strict=True):
+        assert torch.equal(a, b)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, before_logits)
+
+    assert list(table.columns) == TABLES["probes"].column_names
+    quantities = [
+        "lipschitz_max",
+        "lipschitz_q99",
+        "lipschitz_mean",
+        "hessian_min_eig",
+        "hessian_max_eig",
+        "grad_norm",
+    ]
+    assert sorted(zip(table["quantity"], table["space"], strict=True)) == sorted(
+        (q, s) for q in quantities for s in SPACES
+    )
+    assert np.isfinite(table["value"]).all() and (table["n"] == len(data)).all()
+    for space in SPACES:
+        row = table[table["space"] == space].set_index("quantity")
+        assert (
+            row.loc["lipschitz_max", "value"]
+            >= row.loc["lipschitz_q99", "value"]
+            >= row.loc["lipschitz_mean", "value"]
+        )
+        assert row.loc["hessian_min_eig", "value"] < row.loc["hessian_max_eig", "value"]
+        assert np.isfinite(row.loc["lipschitz_mean", "stderr"]) and np.isnan(
+            row.loc["lipschitz_max", "stderr"]
+        )
+        assert row.loc["hessian_min_eig", "iterations"] > 0 and np.isfinite(
+            row.loc["hessian_min_eig", "residual"]
+        )
+        assert np.isnan(row.loc["hessian_min_eig", "lam"]) and row.loc["grad_norm", "lam"] == 1.0
