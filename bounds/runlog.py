@@ -39,8 +39,11 @@ STATUSES = ("running", "success", "failed")
 SPLITS = ("train", "test")
 #: Predictors whose risk is reported (theory.md section 4: "report all three").
 PREDICTORS = ("deterministic", "member_mean", "ensemble")
-#: Row kinds of the per-sample table: one row per ensemble member, plus the two single predictors.
-SAMPLE_PREDICTORS = ("member", "deterministic", "ensemble")
+#: Row kinds of the per-sample table: one row per ensemble member, the single predictors, and ``full``
+#: (the unmasked model: theta(S) of the theory, whose curvature and stability the probes measure).
+SAMPLE_PREDICTORS = ("member", "deterministic", "ensemble", "full")
+#: Predictors whose risks a bound can be evaluated on (``full`` by default: the theory's hypothesis).
+BOUND_PREDICTORS = ("full", "deterministic", "member_mean", "ensemble")
 
 META_FIELDS = {
     "schema_version": "int: SCHEMA_VERSION of the writer",
@@ -131,7 +134,8 @@ TABLES: dict[str, Table] = {
                 C("step", "int", "optimizer steps taken when evaluated"),
                 C("split", "str", "train or test"),
                 C("sample_id", "int", "stable example id of the data loader"),
-                C("predictor", "str", "member, deterministic, or ensemble"),
+                C("predictor", "str", "member, deterministic, ensemble, or full (unmasked dW; final evaluation "
+                                      "only)"),
                 C("instance", "int", "member index r for predictor=member, else -1"),
                 C("loss", "float", "cross-entropy of this example under this predictor (nats)", finite=True),
                 C("correct", "bool", "argmax prediction equals the label"),
@@ -202,10 +206,11 @@ TABLES: dict[str, Table] = {
             (
                 C("sample_id", "int", "the removed training example"),
                 C("method", "str", "retrain (coupled retraining), warm_start, or influence"),
-                C("loss_s", "float", "loss of the example under theta(S)", finite=True),
-                C("loss_si", "float", "loss of the example under theta(S^i)", finite=True),
-                C("param_distance", "float", "||theta(S^i) - theta(S)|| over the adapter parameters",
-                  nullable=True),
+                C("loss_s", "float", "loss of the example under theta(S), unmasked model (the full predictor)",
+                  finite=True),
+                C("loss_si", "float", "loss of the example under theta(S^i), unmasked model", finite=True),
+                C("param_distance", "float", "sqrt(sum_k ||dW_k(S^i) - dW_k(S)||_F^2): distance of the merged "
+                                             "updates", nullable=True),
                 C("wall_s", "float", "seconds this estimate took"),
             ),
             key=("sample_id", "method"),
@@ -388,7 +393,9 @@ def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
 
 
 def jsonable(value: Any) -> Any:
-    """Plain JSON value: numpy scalars to Python, non-finite floats to None (strict JSON)."""
+    """Plain JSON value: numpy scalars and arrays to Python, non-finite floats to None (strict JSON)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
