@@ -107,6 +107,108 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from lora_dropout.probe_run import probe_run
+
+    quiet_libraries()
+    if not (args.curvature or args.stability_k):
+        print("lora-dropout probe: nothing to do: pass --curvature and/or --stability-k K", file=sys.stderr)
+        return 2
+    result = _guarded(lambda: probe_run(
+        args.run_dir, curvature=args.curvature, spaces=tuple(args.spaces), stability_k=args.stability_k,
+        methods=tuple(args.methods), lam=args.lam, probe_examples=args.probe_examples, tol=args.tol,
+        warm_epochs=args.warm_epochs, seed=args.seed, device=args.device, progress=not args.quiet))
+    if isinstance(result, int):
+        return result
+    for path in (result.probes, result.stability):
+        if path is not None:
+            print(f"wrote {path}")
+    for method, reason in result.skipped.items():
+        print(f"{method}: not estimated: {reason}")
+    return 0
+
+
+def _grid_value(text: str):
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["dropout_rate=0,0.1", "n_instances=1,4"]`` -> ``{"dropout_rate": [0, 0.1], "n_instances": [1, 4]}``."""
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid {item!r} must look like field=v1,v2,...")
+        grid[key.strip()] = [_grid_value(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .study import PostTraining, StudySpec, run_study
+
+    quiet_libraries()
+    try:
+        base = run_config_from_args(args)
+        grid = parse_grid(args.grid)
+        if args.seeds:
+            grid["seed"] = args.seeds
+        spec = StudySpec(name=args.out.name, base=base, grid=grid,
+                         post=PostTraining(curvature=args.curvature, stability_k=args.stability_k))
+        spec.expand()  # validates the grid keys before any work
+    except (ValueError, TypeError) as exc:
+        print(f"lora-dropout sweep: {exc}", file=sys.stderr)
+        return 2
+    result = _guarded(lambda: run_study(spec, args.out, executor=args.executor, address=args.address))
+    if isinstance(result, int):
+        return result
+    print(f"study: {result.study_dir}: {len(result.done)} run(s) done, {len(result.skipped)} already done, "
+          f"{len(result.failed)} failed")
+    for run_id, error in result.failed.items():
+        print(f"  failed {run_id}: {error}")
+    return 1 if result.failed else 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from .collect import collect
+
+    coll = collect(args.study_dir, delta=args.delta, lam=args.lam, loss_range=args.loss_range)
+    out = coll.save(args.out or args.study_dir / "collected")
+    print(f"collected {len(coll.runs)} run(s) into {out}; skipped {len(coll.skipped)}")
+    for run, reason in coll.skipped:
+        print(f"  skipped {run}: {reason}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    quiet_libraries()
+    result = _guarded(lambda: reproduce(args.profile, args.out, executor=args.executor, address=args.address,
+                                        model=args.model, data=args.data, seeds=args.seeds,
+                                        figures_dir=args.figures_dir))
+    if isinstance(result, int):
+        return result
+    mark = {True: "held", False: "did NOT hold", None: "not measured"}
+    print(f"report: {result.report}")
+    print(f"figures: {len(result.figures)} in {result.figures[0].parent if result.figures else '-'}")
+    for claim in result.claims:
+        print(f"  [{mark[claim.held]:>12}] {claim.statement}")
+    for run_id, error in result.failed.items():
+        print(f"  failed run {run_id}: {error}")
+    print(f"wall time: {result.wall_s / 60:.1f} minutes")
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-dropout", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +221,67 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _run_config_flags(train)
     train.set_defaults(func=cmd_train)
+
+    probe = sub.add_parser("probe", help="curvature, Lipschitz and leave-one-out stability of a finished run",
+                           description="Measure a finished run's theta(S) and add probes.parquet and/or "
+                                       "stability.parquet to its directory.")
+    probe.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    probe.add_argument("--curvature", action="store_true",
+                       help="Lipschitz constants (vmap per-sample gradients), Hessian extremes (Lanczos) and "
+                            "stationarity")
+    probe.add_argument("--spaces", nargs="+", default=["delta_w"], choices=["delta_w", "factors"],
+                       help="parameter spaces of the curvature probes (default: delta_w)")
+    probe.add_argument("--stability-k", type=int, default=0, metavar="K",
+                       help="leave-one-out indices to measure (default: 0 = none)")
+    probe.add_argument("--methods", nargs="+", default=["retrain", "warm_start", "influence"],
+                       choices=["retrain", "warm_start", "influence"], help="stability estimators")
+    probe.add_argument("--lam", type=float, default=1.0, help="lambda of the regularised loss (default: 1.0)")
+    probe.add_argument("--probe-examples", type=int, default=128,
+                       help="training examples the curvature probes use (default: 128)")
+    probe.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (default: 1e-3)")
+    probe.add_argument("--warm-epochs", type=int, default=1, help="epochs of a warm start (default: 1)")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the leave-one-out indices (default: 0)")
+    probe.add_argument("--device", default=None, help="device (default: the run's)")
+    probe.add_argument("--quiet", action="store_true", help="no progress bar")
+    probe.set_defaults(func=cmd_probe)
+
+    sweep = sub.add_parser("sweep", help="a grid of runs over config fields (resumable)",
+                           description="Run a grid of configurations into a study directory; re-running skips "
+                                       "finished runs and redoes failed or interrupted ones.")
+    sweep.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="a config field and its values, e.g. dropout_rate=0,0.1,0.3 (repeatable)")
+    sweep.add_argument("--seeds", nargs="+", type=int, help="seeds (adds a seed axis)")
+    sweep.add_argument("--out", type=Path, required=True, help="study directory")
+    sweep.add_argument("--executor", choices=["local", "ray"], default="local")
+    sweep.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    sweep.add_argument("--curvature", action="store_true", help="curvature probes after each run")
+    sweep.add_argument("--stability-k", type=int, default=0, help="leave-one-out indices per run")
+    _run_config_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    coll = sub.add_parser("collect", help="collect a study's runs and bounds into tidy parquet tables")
+    coll.add_argument("study_dir", type=Path)
+    coll.add_argument("--out", type=Path, help="output directory (default: STUDY_DIR/collected)")
+    coll.add_argument("--delta", type=float, default=0.05)
+    coll.add_argument("--lam", type=float, default=1.0)
+    coll.add_argument("--loss-range", type=float, default=None)
+    coll.set_defaults(func=cmd_collect)
+
+    rep = sub.add_parser("reproduce", help="the study over p and N, probes, bounds, figures and report.md",
+                         description="Run (or resume) a profile's study and write figures and report.md.")
+    rep.add_argument("--profile", choices=["quick", "full", "paper"], default="quick")
+    rep.add_argument("--out", type=Path, required=True)
+    rep.add_argument("--executor", choices=["local", "ray"], default="local")
+    rep.add_argument("--address", help="Ray cluster address")
+    rep.add_argument("--model", help="model name or path (paper profile: e.g. microsoft/deberta-v3-base)")
+    rep.add_argument("--data", help="data (paper profile: e.g. hf:<GLUE task saved with save_to_disk>)")
+    rep.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
+    rep.add_argument("--figures-dir", type=Path, help="where figures go (default: OUT/figures)")
+    rep.set_defaults(func=cmd_reproduce)
+
+    from bounds.cli import register as register_bounds
+
+    register_bounds(sub)
 
     summary = sub.add_parser("summary", help="final test metrics of runs, side by side")
     summary.add_argument("runs", nargs="+", type=Path, help="run directories")

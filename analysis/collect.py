@@ -1,0 +1,197 @@
+"""Collection: many run directories and their bound reports into tidy tables.
+
+`collect(study_dir)` reads every run directory under a study (or any list of run directories),
+validates it, evaluates its bounds, and returns a `Collection` of tidy tables, each row carrying the
+run id and the run's configuration columns. Runs that cannot be used (corrupted, failed, still
+running) are skipped, counted and reported with the reason; they never stop the collection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bounds.compression import ensemble_compression
+from bounds.estimators import estimate_risks
+from bounds.report import evaluate_run
+from bounds.runlog import PREDICTORS, RunLog, RunLogError, run_state, validate_run
+
+#: Configuration columns attached to every row: (column, section, field).
+CONFIG_COLUMNS = (
+    ("method", "adapter", "method"),
+    ("dropout_rate", "lora_dropout", "dropout_rate"),
+    ("n_instances", "lora_dropout", "n_instances"),
+    ("n_eval_instances", "lora_dropout", "n_eval_instances"),
+    ("mask_scope", "lora_dropout", "mask_scope"),
+    ("rescale", "lora_dropout", "rescale"),
+    ("eval_mode", "lora_dropout", "eval_mode"),
+    ("ensemble_average", "lora_dropout", "ensemble_average"),
+    ("n_train", "train", "n_train"),
+    ("seed", "train", "seed"),
+    ("lr", "train", "lr"),
+    ("epochs", "train", "epochs"),
+)
+TABLE_NAMES = ("runs", "summary", "curves", "reliability", "compression", "bounds", "modules")
+
+
+@dataclass
+class Collection:
+    """Tidy tables over runs (every table has ``run_id`` and the `CONFIG_COLUMNS`).
+
+    runs : one row per usable run
+    summary : ``quantity, value, stderr`` per run (final metrics, gaps, bounds, beta_hat, probes, sparsity)
+    curves : every ``steps.jsonl`` row
+    reliability : every ``calibration.parquet`` row
+    compression : ``bounds.compression.ensemble_compression`` rows
+    bounds : ``BoundReport.to_frame()`` rows
+    modules : ``modules.parquet`` rows at each run's final step
+    skipped : ``[(run directory, reason)]``
+    """
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    curves: pd.DataFrame
+    reliability: pd.DataFrame
+    compression: pd.DataFrame
+    bounds: pd.DataFrame
+    modules: pd.DataFrame
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write each table as ``<name>.parquet`` and the skipped runs as ``skipped.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in TABLE_NAMES:
+            frame = getattr(self, name)
+            frame.to_parquet(directory / f"{name}.parquet", index=False)
+        (directory / "skipped.json").write_text(json.dumps([list(s) for s in self.skipped], indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Collection:
+        directory = Path(directory)
+        tables = {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLE_NAMES}
+        skipped = [tuple(s) for s in json.loads((directory / "skipped.json").read_text())]
+        return cls(**tables, skipped=skipped)
+
+
+def config_columns(config: dict) -> dict:
+    return {column: config.get(section, {}).get(name) for column, section, name in CONFIG_COLUMNS}
+
+
+def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd.DataFrame | None) -> list[dict]:
+    rows: list[dict] = []
+
+    def add(quantity: str, value, stderr=math.nan):
+        rows.append({"quantity": quantity, "value": float(value), "stderr": float(stderr)})
+
+    steps = run.steps
+    final = steps[steps["step"] == steps["step"].max()]
+    for r in final.itertuples():
+        for metric in ("risk", "accuracy", "ece", "nll", "brier"):
+            add(f"{r.split}_{metric}_{r.predictor}", getattr(r, metric))
+    by = final.set_index(["split", "predictor"])["risk"]
+    for predictor in PREDICTORS:
+        if ("test", predictor) in by and ("train", predictor) in by:
+            add(f"gap_{predictor}", by[("test", predictor)] - by[("train", predictor)])
+    samples = run.table("samples")
+    if (samples["predictor"] == "full").any():
+        risks = estimate_risks(samples, "full")
+        add("train_risk_full", risks.train.value, risks.train.stderr)
+        add("test_risk_full", risks.test.value, risks.test.stderr)
+        add("gap_full", risks.gap)
+        last = samples[(samples["step"] == risks.step) & (samples["predictor"] == "full")]
+        for split, rows_ in last.groupby("split"):
+            add(f"{split}_accuracy_full", rows_["correct"].mean())
+    for report in reports:
+        if not report.evaluable:
+            continue
+        add(f"bound:{report.name}", report.value if not report.vacuous else math.inf)
+        add(f"bound_on_measured:{report.name}", report.bound_on_measured if not report.vacuous else math.inf)
+        add(f"measured:{report.name}", report.measured)
+        add(f"vacuous:{report.name}", float(report.vacuous))
+        stderr = next((q.stderr for q in report.inputs if q.name == "beta_hat"), math.nan)
+        if report.name.startswith("prop42["):
+            add(f"beta_hat:{report.name[7:-1]}", report.measured, stderr)
+    if probes is not None:
+        for r in probes.itertuples():
+            add(f"{r.quantity}:{r.space}", r.value, r.stderr)
+    if modules is not None and len(modules):
+        add("sparsity_nominal", modules["nominal_sparsity"].iloc[0])
+        add("sparsity_realised", modules["dw_zero_fraction"].mean(),
+            modules["dw_zero_fraction"].std(ddof=1) / math.sqrt(len(modules)) if len(modules) > 1 else math.nan)
+    return rows
+
+
+def _with_config(frame: pd.DataFrame, run_id: str, config: dict) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.insert(0, "run_id", run_id)
+    for column, value in config_columns(config).items():
+        frame[column] = value
+    return frame
+
+
+def run_directories(study_dir: str | Path) -> list[Path]:
+    """Run directories directly under a study (anything with a meta.json; ``_attempts`` excluded)."""
+    root = Path(study_dir)
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")) and
+                  ((p / "meta.json").exists() or (p / "steps.jsonl").exists()))
+
+
+def collect(runs: str | Path | Iterable[str | Path], *, delta: float = 0.05, lam: float = 1.0,
+            loss_range: float | None = None, require_success: bool = True) -> Collection:
+    """Collect a study directory (or an explicit list of run directories) into tidy tables.
+
+    Bounds are evaluated afresh with ``delta``, ``lam`` and ``loss_range`` (the reports do not depend on
+    whatever ``bounds.json`` a run holds).
+    """
+    dirs = run_directories(runs) if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLE_NAMES}
+    skipped: list[tuple[str, str]] = []
+    for run_dir in dirs:
+        try:
+            run = validate_run(run_dir, require=("samples",))
+            state = run_state(run.meta)
+            if require_success and state != "success":
+                raise RunLogError(f"status {state}" + (f": {run.meta.get('error')}" if run.meta.get("error") else ""))
+            reports = evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range)
+            probes = run.table("probes") if run.has("probes") else None
+            modules = None
+            if run.has("modules"):
+                m = run.table("modules")
+                modules = m[m["step"] == m["step"].max()]
+        except Exception as exc:  # one bad run never stops a collection
+            skipped.append((str(run_dir), f"{type(exc).__name__}: {exc}"))
+            continue
+        cfg, rid = run.config, run.run_id
+        parts["runs"].append(_with_config(pd.DataFrame([{"state": state, "wall_s": run.meta.get("wall_s")}]),
+                                          rid, cfg))
+        parts["summary"].append(_with_config(pd.DataFrame(_summary_rows(run, reports, probes, modules)), rid, cfg))
+        parts["curves"].append(_with_config(run.steps, rid, cfg))
+        if run.has("calibration"):
+            parts["reliability"].append(_with_config(run.table("calibration"), rid, cfg))
+        parts["compression"].append(_with_config(
+            ensemble_compression(run_dir, delta=delta, lam=lam, loss_range=loss_range).drop(columns="run_id"),
+            rid, cfg))
+        parts["bounds"].append(_with_config(
+            pd.concat([r.to_frame().drop(columns="run_id") for r in reports], ignore_index=True), rid, cfg))
+        if modules is not None:
+            parts["modules"].append(_with_config(modules, rid, cfg))
+    tables = {name: (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+              for name, frames in parts.items()}
+    tables["bounds"] = _object_to_str(tables["bounds"])
+    return Collection(**tables, skipped=skipped)
+
+
+def _object_to_str(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: mixed-object columns (``holds``) become strings."""
+    if "holds" in frame:
+        frame = frame.assign(holds=frame["holds"].map(lambda v: None if v is None or
+                                                      (isinstance(v, float) and np.isnan(v)) else str(bool(v))))
+    return frame

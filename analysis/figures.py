@@ -1,0 +1,107 @@
+"""Figures of a study: each drawn from its table, saved as PNG and PDF with a provenance sidecar.
+
+The sidecar ``<name>.json`` names the commit (and whether the checkout was dirty), the runs and the
+study configuration it came from, package versions, the date, the command that regenerates it, and
+the plotted table itself, so every number in a figure can be traced and checked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bounds.runlog import jsonable
+
+from . import plots, tables
+from .collect import Collection
+
+
+@dataclass(frozen=True)
+class Focus:
+    """Which configurations a study's figures single out."""
+
+    dropout_rate: float  # the main LoRA Dropout rate (loss curves, ablation, N panel)
+    n_instances: int  # the main instance count (p panel, loss curves, ablation)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    title: str
+    table: pd.DataFrame
+    draw: Callable[..., Any]
+    kwargs: dict
+
+
+def study_figures(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> list[Figure]:
+    """Every figure the collected study supports (a figure whose table is empty is left out)."""
+    p, n = focus.dropout_rate, focus.n_instances
+    plain = {"dropout_rate": 0.0, "n_instances": 1}
+    main = {"dropout_rate": p, "n_instances": n}
+    lora = {"method": "lora"}
+    summary = coll.summary[coll.summary["method"] == "lora"] if len(coll.summary) else coll.summary
+    # the p panel: LoRA Dropout at N = n, with plain LoRA as its p = 0 point
+    p_panel = summary[(summary["n_instances"] == n) | ((summary["dropout_rate"] == 0) &
+                                                      (summary["n_instances"] == 1))]
+    accuracy = {"ensemble": "test_accuracy_ensemble", "deterministic": "test_accuracy_deterministic",
+                "unmasked (full)": "test_accuracy_full"}
+    risk = {"ensemble": "test_risk_ensemble", "unmasked (full)": "test_risk_full"}
+    series = {"LoRA": {**plain, **lora}, f"LoRA Dropout p={p:g}, N={n}": {**main, **lora}}
+    figures = [
+        Figure("fig5_accuracy_over_p", f"Test accuracy over p (N = {n}; Fig. 5)",
+               tables.metric_over(p_panel, "dropout_rate", accuracy), plots.plot_metric_over,
+               {"x": "dropout_rate", "ylabel": "test accuracy"}),
+        Figure("fig5_risk_over_p", f"Test risk over p (N = {n})",
+               tables.metric_over(p_panel, "dropout_rate", risk), plots.plot_metric_over,
+               {"x": "dropout_rate", "ylabel": "test cross-entropy"}),
+        Figure("fig5_accuracy_over_n", f"Test accuracy over N (p = {p:g}; Fig. 5)",
+               tables.metric_over(summary, "n_instances", accuracy, where={"dropout_rate": p}),
+               plots.plot_metric_over, {"x": "n_instances", "ylabel": "test accuracy"}),
+        Figure("fig1_loss_curves", "Train and test loss, LoRA vs LoRA Dropout (Fig. 1)",
+               tables.loss_curves(coll.curves, where_each=series), plots.plot_loss_curves, {}),
+        Figure("fig4_ablation", f"Train/test dropout ablation at p = {p:g} (Fig. 4)",
+               tables.ablation(summary, drop_test, dropout_rate=p, n_instances=n), plots.plot_ablation, {}),
+        Figure("fig3_ece_over_training", "ECE of the test predictive over training (Fig. 3)",
+               tables.ece_over_training(coll.curves, where_each=series), plots.plot_ece_over_training, {}),
+        Figure("fig3_reliability", "Reliability diagram, final step (Fig. 3, Table 4)",
+               tables.reliability(coll.reliability, where_each=series), plots.plot_reliability, {}),
+        Figure("bound_vs_p", f"Measured gap vs Theorem 4.4 (N = {n})",
+               tables.bound_vs_p(p_panel), plots.plot_bound_vs_p, {}),
+        Figure("stability_beta", "Measured beta_hat vs Prop. 4.2",
+               tables.stability(coll.summary, coll.runs), plots.plot_stability, {}),
+        Figure("compression_risk", f"Ensemble vs mean member risk (p = {p:g}, N = {n}; Thm 4.5)",
+               tables.compression(coll.compression, where=main), plots.plot_compression, {}),
+        Figure("compression_jensen_gap", f"Jensen gap over ensemble size (p = {p:g}, N = {n}; Thm 4.5)",
+               tables.compression(coll.compression, where=main), plots.plot_jensen_gap, {}),
+        Figure("sparsity", "Realised vs nominal sparsity of dW_hat",
+               tables.sparsity(coll.modules), plots.plot_sparsity, {}),
+    ]
+    return [f for f in figures if len(f.table) and f.table.drop(columns=[c for c in ("n",) if c in f.table])
+            .notna().any().any()]
+
+
+def save_figures(figures: list[Figure], out_dir: str | Path, provenance: dict) -> list[Path]:
+    """Draw and save every figure (PNG, PDF, JSON sidecar); returns the PNG paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fig in figures:
+        figure, ax = plt.subplots(figsize=(5.5, 3.8))
+        fig.draw(fig.table, ax=ax, **fig.kwargs)
+        ax.set_title(fig.title, fontsize=9)
+        figure.tight_layout()
+        png = out_dir / f"{fig.name}.png"
+        figure.savefig(png, dpi=150)
+        figure.savefig(out_dir / f"{fig.name}.pdf")
+        plt.close(figure)
+        sidecar = {**provenance, "figure": fig.name, "title": fig.title,
+                   "table": fig.table.to_dict(orient="records")}
+        (out_dir / f"{fig.name}.json").write_text(json.dumps(jsonable(sidecar), indent=2) + "\n")
+        paths.append(png)
+    return paths

@@ -1,0 +1,96 @@
+"""A tiny study end to end: runs, resume, collection with a corrupted run, Ray, figures and report."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.collect import collect
+from analysis.reproduce import make_profile, profile_with, reproduce
+from analysis.study import StudySpec, run_study
+from bounds.runlog import read_meta
+from lora_dropout.runconfig import RunConfig
+from tests.tiny import save_tiny_classifier, write_tiny_csv
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    return {"model": str(save_tiny_classifier(root / "model")), "data": str(write_tiny_csv(root / "d.csv")),
+            "group_column": "group", "n_train": 32, "n_test": None, "epochs": 2, "batch_size": 8,
+            "eval_every": 0, "eval_train_size": 32, "eval_batch_size": 32, "lr": 5e-3}
+
+
+def _spec(tiny, name="tiny"):
+    return StudySpec(name=name, base=RunConfig().replace(train=tiny),
+                     grid={"dropout_rate": [0.0, 0.3], "n_instances": [1, 2]})
+
+
+def test_study_runs_resumes_and_keeps_failed_attempts(tiny, tmp_path):
+    spec = _spec(tiny)
+    first = run_study(spec, tmp_path, progress=False)
+    assert len(first.done) == 4 and not first.failed
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [p["run_id"] for p in manifest["points"]] == [p.run_id for p in spec.expand()]
+    started = {r: read_meta(tmp_path / r)["started_at"] for r in first.done}
+    shutil.rmtree(tmp_path / "p0.3-N2")
+    meta_path = tmp_path / "p0.0-N2" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "status": "failed", "error": "simulated crash"}))
+    second = run_study(spec, tmp_path, progress=False)
+    assert sorted(second.done) == ["p0.0-N2", "p0.3-N2"] and sorted(second.skipped) == ["p0.0-N1", "p0.3-N1"]
+    for run_id in second.skipped:  # untouched: not retrained
+        assert read_meta(tmp_path / run_id)["started_at"] == started[run_id]
+    attempts = list((tmp_path / "_attempts").iterdir())
+    assert len(attempts) == 1 and attempts[0].name.startswith("p0.0-N2-")  # the failed attempt is kept
+    assert read_meta(attempts[0])["error"] == "simulated crash"
+
+
+def test_collect_reports_a_corrupted_run_and_keeps_the_others(tiny, tmp_path):
+    run_study(_spec(tiny), tmp_path, progress=False)
+    (tmp_path / "p0.3-N1" / "meta.json").write_text("{not json")
+    coll = collect(tmp_path)
+    assert sorted(coll.runs["run_id"]) == ["p0.0-N1", "p0.0-N2", "p0.3-N2"]
+    assert len(coll.skipped) == 1 and "p0.3-N1" in coll.skipped[0][0] and "corrupted" in coll.skipped[0][1]
+    assert {"test_accuracy_ensemble", "gap_full", "sparsity_realised"} <= set(coll.summary["quantity"])
+    saved = coll.save(tmp_path / "collected")
+    assert len(pd.read_parquet(saved / "summary.parquet")) == len(coll.summary)
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_table_as_local(tiny, tmp_path):
+    pytest.importorskip("ray")
+    spec = _spec(tiny)
+    local = run_study(spec, tmp_path / "local", progress=False, threads=1)
+    remote = run_study(spec, tmp_path / "ray", executor="ray", progress=False, threads=1)
+    assert sorted(remote.done) == sorted(local.done) and not remote.failed
+    a, b = (collect(tmp_path / d).summary for d in ("local", "ray"))
+    key = ["run_id", "quantity"]
+    merged = a.merge(b, on=key, suffixes=("_local", "_ray"))
+    assert len(merged) == len(a) == len(b)
+    finite = np.isfinite(merged["value_local"])
+    np.testing.assert_allclose(merged.loc[finite, "value_ray"], merged.loc[finite, "value_local"], rtol=1e-6)
+
+
+def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_path):
+    profile = profile_with(make_profile("quick"), **tiny)
+    result = reproduce(profile, tmp_path, progress=False)
+    assert not result.failed
+    names = {p.stem for p in result.figures}
+    assert names == {"fig5_accuracy_over_p", "fig5_risk_over_p", "fig5_accuracy_over_n", "fig1_loss_curves",
+                     "fig4_ablation", "fig3_ece_over_training", "fig3_reliability", "bound_vs_p",
+                     "stability_beta", "compression_risk", "compression_jensen_gap", "sparsity"}
+    for png in result.figures:
+        assert png.with_suffix(".pdf").is_file()
+        sidecar = json.loads(png.with_suffix(".json").read_text())
+        assert {"commit", "dirty", "run_ids", "versions", "date", "command", "config", "table"} <= set(sidecar)
+        assert sidecar["run_ids"] and sidecar["table"]
+    report = result.report.read_text()
+    for claim in result.claims:
+        assert claim.statement in report
+    assert "Wall time" in report
+    # resuming does no training: every run is already done
+    again = reproduce(profile, tmp_path, progress=False)
+    assert again.claims == result.claims
