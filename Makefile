@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench notebooks figures example-run clean
+.PHONY: install demo test lint bench notebooks figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-DEMO_FLAGS := --n-train 1000 --n-test 1000 --epochs 3 --lr 2e-3 --eval-train-size 300 --quiet
 demo: $(STAMP)
-	rm -rf demo-out/lora demo-out/lora-dropout
-	$(VENV)/bin/lora-dropout train $(DEMO_FLAGS) --dropout-rate 0 --n-instances 1 --out demo-out --run-id lora
-	$(VENV)/bin/lora-dropout train $(DEMO_FLAGS) --dropout-rate 0.3 --n-instances 2 --out demo-out --run-id lora-dropout
-	$(VENV)/bin/lora-dropout summary demo-out/lora demo-out/lora-dropout
+	$(VENV)/bin/lora-dropout reproduce --profile quick --out demo-out
+
+# The committed figures/ come from the full profile (CPU hours; resumable: re-run to continue).
+figures: $(STAMP)
+	$(VENV)/bin/lora-dropout reproduce --profile full --out studies/full --figures-dir figures
+
+notebooks: $(STAMP)
+	$(PIP) install --quiet -e ".[train,notebooks]"
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+	$(VENV)/bin/jupyter lab notebooks/
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -40,6 +45,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/instrumentation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-out

@@ -4,8 +4,9 @@ Profiles
 --------
 quick
     What ``make demo`` runs: sized for about 15 minutes on a 2-core CPU. One seed, a small training
-    set, five runs (plain LoRA; p = 0.3 at N = 1, 2, 4; p = 0.6 at N = 2), curvature probes on three of
-    them and leave-one-out stability (influence and warm start) on one.
+    set, five runs (plain LoRA; p = 0.3 at N = 1, 2, 4; p = 0.6 at N = 2), curvature probes (32
+    examples, Lanczos to 1e-2) on the three runs of the p panel and leave-one-out stability
+    (coupled retraining and warm starts, k = 3) on the main one.
 full
     The CPU study behind the committed ``figures/``: three seeds, p in {0, 0.1, 0.3, 0.5, 0.7} at
     N = 2, N in {1, 2, 4} at p = 0.3, probes on every run, stability on the main configuration.
@@ -61,10 +62,10 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
         points = ({"dropout_rate": 0.0, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 1},
                   {"dropout_rate": 0.3, "n_instances": 2}, {"dropout_rate": 0.3, "n_instances": 4},
                   {"dropout_rate": 0.6, "n_instances": 2})
-        post = PostTraining(curvature=False, probe_examples=64, lanczos_tol=1e-2)
+        post = PostTraining(curvature=False, probe_examples=32, lanczos_tol=1e-2)
         post_for = (({"dropout_rate": 0.0, "n_instances": 1}, {"curvature": True}),
                     ({"dropout_rate": 0.3, "n_instances": 2},
-                     {"curvature": True, "stability_k": 3, "stability_methods": ("influence", "warm_start")}),
+                     {"curvature": True, "stability_k": 3, "stability_methods": ("retrain", "warm_start")}),
                     ({"dropout_rate": 0.6, "n_instances": 2}, {"curvature": True}))
         n_seeds = seeds or 1
         description = "quick: 1 seed, n_train 256, 4 epochs, 5 runs (about 15 minutes on a 2-core CPU)"

@@ -23,6 +23,9 @@ __all__ = [
     "Prediction",
     "save_lora_dropout",
     "load_lora_dropout",
+    "LoraDropoutTrainer",
+    "load_alpaca",
+    "score_choices",
 ]
 
 # The torch-dependent API is imported lazily, so `import lora_dropout` (e.g. for the config or the
@@ -39,6 +42,9 @@ _LAZY = {
     "Prediction": "ensemble",
     "save_lora_dropout": "persist",
     "load_lora_dropout": "persist",
+    "LoraDropoutTrainer": "trainer",
+    "load_alpaca": "instruct",
+    "score_choices": "instruct",
 }
 
 

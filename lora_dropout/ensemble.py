@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .apply import get_lora_dropout
 from .config import EnsembleAverage, EvalMode
-from .losses import logits_of
+from .losses import causal_lm_loss, logits_of
 from .objective import KEY_FIELD, forward_instances, instance_chunks, unwrap
 
 
@@ -47,8 +47,15 @@ class Prediction:
         return self.member_logits.float().softmax(dim=-1)
 
     def loss(self, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the aggregate, ``-log o(x)_y``, per example ``(B,)``."""
-        return F.nll_loss(self.probs.clamp_min(torch.finfo(self.probs.dtype).tiny).log(), labels, reduction="none")
+        """Cross-entropy of the aggregate, ``-log o(x)_y``, per example ``(B,)``.
+
+        For a causal LM (``probs`` of shape ``(B, T, V)``, labels ``(B, T)``): `causal_lm_loss` of the
+        ensemble's next-token distributions (log-probabilities are valid logits).
+        """
+        log_probs = self.probs.clamp_min(torch.finfo(self.probs.dtype).tiny).log()
+        if log_probs.dim() == 3:
+            return causal_lm_loss(log_probs, labels)
+        return F.nll_loss(log_probs, labels, reduction="none")
 
     def member_losses(self, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each member, ``(N, B)``."""
@@ -111,8 +118,9 @@ def predict(
                 out = forward_instances(
                     model, handle, inputs, b, first=first, count=count, keys=keys, step=0, epoch=0, train=False
                 )
-                chunks.append(logits_of(out).reshape(count, b, -1))
-            member_logits = torch.cat(chunks, dim=0)  # (N, B, C)
+                logits = logits_of(out)
+                chunks.append(logits.reshape(count, b, *logits.shape[1:]))
+            member_logits = torch.cat(chunks, dim=0)  # (N, B, C), or (N, B, T, V) for a causal LM
         else:
             with handle.use_scale(handle.scale_for(mode)):
                 member_logits = logits_of(model(**inputs)).unsqueeze(0)  # (1, B, C)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
-from transformers import BertConfig, BertForSequenceClassification
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from lora_dropout.instruct import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, SENTIMENT_INSTRUCTION, Instruction
 
 VOCAB = 50
 
@@ -100,3 +109,55 @@ def write_tiny_csv(path, n: int = 80, seed: int = 0, groups: int = 10):
         rows.append({"text": " ".join(words), "label": ["neg", "pos"][label], "group": f"g{(i // 2) % groups}"})
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+# -- causal LM ------------------------------------------------------------------------------------------
+
+_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+def tiny_tokenizer():
+    """Word-level tokenizer over the Alpaca template, the sentiment words and the tiny review words."""
+    split = pre_tokenizers.Whitespace()
+    texts = [PROMPT_WITH_INPUT, PROMPT_NO_INPUT, SENTIMENT_INSTRUCTION, "positive negative",
+             " ".join(FILLER + POSITIVE + NEGATIVE)]
+    words = list(dict.fromkeys(w for text in texts for w, _ in split.pre_tokenize_str(text)))
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(_SPECIAL + words)}, unk_token="<unk>"))
+    core.pre_tokenizer = split
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def tiny_causal_lm(tokenizer, seed: int = 0, b_scale: float = 1.0):
+    """A 2-layer Llama with LoRA on q_proj/v_proj; ``init_lora_weights=False`` makes B non-zero.
+
+    ``b_scale`` multiplies B so that masks change the output visibly.
+    """
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed + 1)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(LlamaForCausalLM(config), lora)
+    if b_scale != 1.0:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.mul_(b_scale)
+    return model
+
+
+def reviews(words=("good", "bad", "superb", "awful"), first_id=0) -> list[Instruction]:
+    """Sentiment records whose input varies in length (so batches need padding)."""
+    return [
+        Instruction(SENTIMENT_INSTRUCTION, " ".join(["the", "film", "was", "really"][: 1 + i % 4] + [w]),
+                    "positive" if w in POSITIVE else "negative", first_id + i)
+        for i, w in enumerate(words)
+    ]
+
+
