@@ -166,7 +166,7 @@ def bound_vs_measured(summary: pd.DataFrame) -> list[Claim]:
     if vac.empty:
         return [Claim("theorem44", "Thm 4.4 bounds the measured generalisation gap", None,
                       "no run has curvature probes (lora-dropout probe RUN_DIR --curvature)")]
-    lines, held = [], True
+    lines, held, evaluated = [], True, 0
     for run_id, g in summary[summary["run_id"].isin(vac["run_id"])].groupby("run_id"):
         q = g.set_index("quantity")["value"]
         p = g["dropout_rate"].iloc[0]
@@ -176,12 +176,15 @@ def bound_vs_measured(summary: pd.DataFrame) -> list[Claim]:
         else:
             ok = q["measured:theorem44"] <= q["bound_on_measured:theorem44"]
             held &= bool(ok)
+            evaluated += 1
             lines.append(f"p={p:g} ({run_id}): measured gap {q['measured:theorem44']:.4f} "
                          f"{'<=' if ok else '>'} bound {q['bound_on_measured:theorem44']:.4f} "
                          f"(Lambda_min = {eig:.3g})")
     psd = quantity(summary, "hessian_min_eig:delta_w")["value"]
+    # a bound that is vacuous everywhere bounds nothing: not "held"
     out.append(Claim("theorem44", "Thm 4.4 bounds the measured generalisation gap (where not vacuous)",
-                     held, "; ".join(lines)))
+                     held if evaluated else None,
+                     "; ".join(lines) + ("" if evaluated else "; vacuous on every run, so nothing to hold")))
     out.append(Claim("psd_hessian", "Prop. 4.2's premise: the Hessian at theta(S) is PSD (Lambda_min > 0)",
                      bool((psd > 0).all()) if len(psd) else None,
                      f"measured Lambda_min (delta_w space): {', '.join(f'{v:.3g}' for v in psd)}"))
@@ -193,14 +196,18 @@ def stability_vs_theory(summary: pd.DataFrame) -> Claim:
     rows = summary[summary["quantity"].str.startswith("beta_hat:")]
     if rows.empty:
         return Claim("stability", statement, None, "no stability measurements (lora-dropout probe --stability-k)")
-    parts, held = [], True
+    parts, held, evaluated = [], True, 0
     for r in rows.itertuples():
         method = r.quantity.split(":", 1)[1]
         theory = quantity(summary[summary["run_id"] == r.run_id], f"bound:prop42[{method}]")["value"]
         beta = float(theory.iloc[0]) if len(theory) else math.inf
-        held &= bool(r.value <= beta)
-        parts.append(f"{r.run_id} {method}: {r.value:.3g} vs {beta:.3g}")
-    return Claim("stability", statement, held, "; ".join(parts))
+        if math.isfinite(beta):
+            held &= bool(r.value <= beta)
+            evaluated += 1
+        parts.append(f"{r.run_id} {method}: {r.value:.3g} vs {beta:.3g}" if math.isfinite(beta)
+                     else f"{r.run_id} {method}: {r.value:.3g} vs vacuous")
+    note = "" if evaluated else "; Prop. 4.2 is vacuous on every run (Lambda_min + 2 lam s <= 0)"
+    return Claim("stability", statement, held if evaluated else None, "; ".join(parts) + note)
 
 
 def sparsity_matches(summary: pd.DataFrame) -> Claim:

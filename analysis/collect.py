@@ -82,7 +82,10 @@ class Collection:
 
 
 def config_columns(config: dict) -> dict:
-    return {column: config.get(section, {}).get(name) for column, section, name in CONFIG_COLUMNS}
+    out = {column: config.get(section, {}).get(name) for column, section, name in CONFIG_COLUMNS}
+    if out["n_eval_instances"] is None:  # None means "as many as n_instances" (LoraDropoutConfig.eval_instances)
+        out["n_eval_instances"] = out["n_instances"]
+    return out
 
 
 def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd.DataFrame | None) -> list[dict]:

@@ -6,10 +6,16 @@ quick
     What ``make demo`` runs: sized for about 15 minutes on a 2-core CPU. One seed, a small training
     set, five runs (plain LoRA; p = 0.3 at N = 1, 2, 4; p = 0.6 at N = 2), curvature probes (32
     examples, Lanczos to 1e-2) on the three runs of the p panel and leave-one-out stability
-    (coupled retraining and warm starts, k = 3) on the main one.
+    (coupled retraining and warm starts, k = 2) on the main one.
 full
-    The CPU study behind the committed ``figures/``: three seeds, p in {0, 0.1, 0.3, 0.5, 0.7} at
-    N = 2, N in {1, 2, 4} at p = 0.3, probes on every run, stability on the main configuration.
+    The CPU study behind the committed ``figures/``: three seeds, 500 training examples, p in
+    {0, 0.1, 0.3, 0.5} at N = 2, N in {1, 2, 4} at p = 0.3, curvature probes on the p panel, and all three
+    stability estimators on the main configuration (seed 0). About two hours on 2 CPU cores.
+lm
+    Instruction tuning (the paper's third setting at toy size): the embedded SmolLM2-135M-Instruct
+    (converted from its GGUF wheel) on instruction-formatted Rotten Tomatoes examples, response-only
+    loss, scored as two-option multiple choice with the test-time ensemble; plain LoRA against LoRA
+    Dropout. Runs on a CPU, slowly (minutes per step); meant for a GPU.
 paper
     The GPU configuration: a larger model (``--model``, e.g. ``microsoft/deberta-v3-base``), GLUE-sized
     data (``--data hf:<dataset>`` where available; MRPC is the paper's Figure 5 task), the paper's p and
@@ -34,7 +40,7 @@ from .collect import collect
 from .figures import Focus, save_figures, study_figures
 from .study import PostTraining, StudySpec, run_study
 
-PROFILES = ("quick", "full", "paper")
+PROFILES = ("quick", "full", "paper", "lm")
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,8 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
         train["data"] = data
     if name == "quick":
         base = RunConfig().replace(
-            train={"n_train": 256, "n_test": 500, "epochs": 4, "lr": 2e-3, "eval_every": 16,
-                   "eval_train_size": 256, "batch_size": 32, **train},
+            train={"n_train": 256, "n_test": 400, "epochs": 4, "lr": 2e-3, "eval_every": 16,
+                   "eval_train_size": 128, "batch_size": 32, **train},
             lora_dropout={"dropout_rate": 0.3, "n_instances": 2})
         focus = Focus(0.3, 2)
         points = ({"dropout_rate": 0.0, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 1},
@@ -65,24 +71,38 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
         post = PostTraining(curvature=False, probe_examples=32, lanczos_tol=1e-2)
         post_for = (({"dropout_rate": 0.0, "n_instances": 1}, {"curvature": True}),
                     ({"dropout_rate": 0.3, "n_instances": 2},
-                     {"curvature": True, "stability_k": 3, "stability_methods": ("retrain", "warm_start")}),
+                     {"curvature": True, "stability_k": 2, "stability_methods": ("retrain", "warm_start")}),
                     ({"dropout_rate": 0.6, "n_instances": 2}, {"curvature": True}))
         n_seeds = seeds or 1
         description = "quick: 1 seed, n_train 256, 4 epochs, 5 runs (about 15 minutes on a 2-core CPU)"
     elif name == "full":
         base = RunConfig().replace(
-            train={"n_train": 1000, "n_test": 1000, "epochs": 4, "lr": 2e-3, "eval_every": 16,
-                   "eval_train_size": 1000, **train},
+            train={"n_train": 500, "n_test": 600, "epochs": 4, "lr": 2e-3, "eval_every": 32,
+                   "eval_train_size": 300, **train},
             lora_dropout={"dropout_rate": 0.3, "n_instances": 2})
         focus = Focus(0.3, 2)
         points = ({"dropout_rate": 0.0, "n_instances": 1},
-                  *({"dropout_rate": p, "n_instances": 2} for p in (0.1, 0.3, 0.5, 0.7)),
+                  *({"dropout_rate": p, "n_instances": 2} for p in (0.1, 0.3, 0.5)),
                   {"dropout_rate": 0.3, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 4})
-        post = PostTraining(curvature=True, probe_examples=128, lanczos_tol=1e-3)
-        post_for = (({"dropout_rate": 0.3, "n_instances": 2},
-                     {"stability_k": 8, "stability_methods": ("influence", "warm_start", "retrain")}),)
+        post = PostTraining(curvature=False, probe_examples=32, lanczos_tol=1e-2)
+        post_for = (({"n_instances": 2}, {"curvature": True}), ({"dropout_rate": 0.0}, {"curvature": True}),
+                    ({"dropout_rate": 0.3, "n_instances": 2, "seed": 0},
+                     {"curvature": True, "stability_k": 4,
+                      "stability_methods": ("influence", "warm_start", "retrain")}))
         n_seeds = seeds or 3
-        description = "full: 3 seeds, n_train 1000, p and N grids, probes everywhere (CPU hours)"
+        description = "full: 3 seeds, n_train 500, p and N grids, probes on the p panel (about two CPU hours)"
+    elif name == "lm":
+        # instruction tuning of the embedded causal LM; batch x length stays near 1k tokens per instance
+        base = RunConfig().replace(
+            train={"task": "instruction", "n_train": 64, "n_test": 64, "epochs": 2, "lr": 1e-3, "batch_size": 8,
+                   "max_length": 128, "eval_every": 0, "eval_train_size": 64, "eval_batch_size": 8, **train},
+            lora_dropout={"dropout_rate": 0.3, "n_instances": 2})
+        focus = Focus(0.3, 2)
+        points = ({"dropout_rate": 0.0, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 2})
+        post, post_for = PostTraining(), ()
+        n_seeds = seeds or 1
+        description = ("lm: instruction tuning of SmolLM2-135M-Instruct on sentiment instructions, scored as "
+                       "multiple choice; 2 runs (slow on CPU: use a GPU)")
     else:
         base = RunConfig().replace(
             train={"n_train": None, "n_test": None, "epochs": 10, "lr": 5e-4, "batch_size": 32,

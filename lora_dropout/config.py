@@ -97,12 +97,12 @@ class LoraDropoutConfig:
 
     def __post_init__(self) -> None:
         p = self.dropout_rate
-        if self.n_eval_instances is None:
-            object.__setattr__(self, "n_eval_instances", self.n_instances)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p < 1.0:
             raise ValueError(f"dropout_rate={p!r} must be a number in [0, 1)")
         for name in ("n_instances", "n_eval_instances"):
             value = getattr(self, name)
+            if name == "n_eval_instances" and value is None:
+                continue  # follows n_instances (see `eval_instances`), also after `replace`
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         cap = self.max_instances_per_forward
@@ -119,6 +119,11 @@ class LoraDropoutConfig:
         object.__setattr__(
             self, "ensemble_average", _enum(EnsembleAverage, "ensemble_average", self.ensemble_average)
         )
+
+    @property
+    def eval_instances(self) -> int:
+        """Members of the test-time ensemble: ``n_eval_instances``, or ``n_instances`` when that is None."""
+        return self.n_instances if self.n_eval_instances is None else self.n_eval_instances
 
     @property
     def keep_prob(self) -> float:

@@ -96,7 +96,7 @@ def predict(
         Model inputs; ``labels`` is ignored, ``sample_id`` (optional) keys the members per example.
     mode : ``"ensemble"``, ``"expected"`` or ``"full"``; default ``config.eval_mode``.
     n_instances : int, optional
-        Ensemble members; default ``config.n_eval_instances``.
+        Ensemble members; default ``config.eval_instances``.
     average : ``"probs"`` or ``"logits"``; default ``config.ensemble_average``.
     """
     inner = unwrap(model)
@@ -110,7 +110,7 @@ def predict(
     inner.eval()
     try:
         if mode == EvalMode.ENSEMBLE:
-            n = n_instances or cfg.n_eval_instances
+            n = n_instances or cfg.eval_instances
             cap = max_instances_per_forward or cfg.max_instances_per_forward
             b = _batch_size(inputs)
             chunks = []

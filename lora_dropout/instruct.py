@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .apply import get_lora_dropout
@@ -500,7 +501,7 @@ def score_choices(
     labels : sequence of int, optional
         Index of the correct option per prompt; enables ``loss`` and ``accuracy``.
     n_instances : int, optional
-        Ensemble members; default ``config.n_eval_instances``. Ignored by the single-pass modes.
+        Ensemble members; default ``config.eval_instances``. Ignored by the single-pass modes.
     mode : ``"ensemble"``, ``"expected"`` or ``"full"``; default ``config.eval_mode``.
         ``expected`` / ``full`` run one pass with ``dW`` scaled by ``(1-p)^2`` / 1.
     average : ``"probs"`` (default from the config) or ``"logits"`` (softmax of the mean scores).
@@ -533,7 +534,7 @@ def score_choices(
         torch.as_tensor(sample_ids, dtype=torch.int64).reshape(-1))
     if keys.shape[0] != total:
         raise ValueError(f"sample_ids has {keys.shape[0]} entries for {total} prompts")
-    n = (n_instances or cfg.n_eval_instances) if mode == EvalMode.ENSEMBLE else 1
+    n = (n_instances or cfg.eval_instances) if mode == EvalMode.ENSEMBLE else 1
     device = next(inner.parameters()).device
     was_training = inner.training
     inner.eval()
@@ -588,3 +589,73 @@ def score_items(model: torch.nn.Module, tokenizer, items: Sequence[ChoiceItem], 
     return score_choices(model, tokenizer, [it.prompt for it in items], [it.choices for it in items],
                          labels=[it.answer for it in items], sample_ids=[it.sample_id for it in items],
                          **kwargs)
+
+
+# -- splits for the training loop and the run directory ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstructionSplit:
+    """Encoded instruction records for `lora_dropout.train.fit` (the interface of `EncodedSplit`)."""
+
+    features: tuple[dict[str, Any], ...]
+    sample_ids: np.ndarray
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def batches(self, batch_size: int, order: Sequence[int] | None = None, device: torch.device | str = "cpu"):
+        order = list(range(len(self))) if order is None else list(order)
+        for start in range(0, len(order), batch_size):
+            batch = collate_instructions([self.features[i] for i in order[start:start + batch_size]],
+                                         pad_token_id=self.pad_token_id)
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    def subset(self, positions: Sequence[int]) -> InstructionSplit:
+        positions = list(positions)
+        return InstructionSplit(tuple(self.features[i] for i in positions), self.sample_ids[positions],
+                                self.pad_token_id)
+
+
+@dataclass(frozen=True)
+class ChoiceSplit:
+    """Multiple-choice items of one split, evaluated by `score_choices` (labels = answer indices)."""
+
+    items: tuple[ChoiceItem, ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return np.array([item.sample_id for item in self.items], dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([item.answer for item in self.items], dtype=np.int64)
+
+    def subset(self, positions: Sequence[int]) -> ChoiceSplit:
+        return ChoiceSplit(tuple(self.items[i] for i in positions))
+
+
+def instruction_splits(splits: TextSplits, tokenizer, *, max_length: int, words: Mapping[str, str] | None = None
+                       ) -> tuple[InstructionSplit, ChoiceSplit, ChoiceSplit]:
+    """Training records, training items (for ``R_hat``) and test items from a classification split.
+
+    ``words`` maps label names to response words (default: ``rotten``/``fresh`` to ``negative``/``positive``
+    when those are the labels, else the label names themselves).
+    """
+    sentiment = set(splits.label_names) <= set(SENTIMENT_WORDS)
+    if words is None:
+        words = SENTIMENT_WORDS if sentiment else {name: name for name in splits.label_names}
+    instruction = SENTIMENT_INSTRUCTION if sentiment else (
+        f"Which of these labels fits the text: {', '.join(words[n] for n in splits.label_names)}?")
+    records, test_items = sentiment_instructions(splits, instruction=instruction, words=words)
+    choices = tuple(words[name] for name in splits.label_names)
+    train_items = tuple(ChoiceItem(format_prompt(Instruction(r.instruction, r.input, "")), choices,
+                                   choices.index(r.output), int(r.sample_id)) for r in records)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = tuple(encode_instruction(tokenizer, r, max_length) for r in records)
+    return (InstructionSplit(encoded, np.array([r.sample_id for r in records], dtype=np.int64), pad),
+            ChoiceSplit(train_items), ChoiceSplit(tuple(test_items)))

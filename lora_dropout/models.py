@@ -14,17 +14,48 @@ from .runconfig import AdapterConfig
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
-def resolve_model(name_or_path: str | None) -> str:
-    """A local folder for the embedded default, otherwise the name or path as given."""
+def resolve_model(name_or_path: str | None, task: str = "classification") -> str:
+    """A local folder for the embedded defaults, otherwise the name or path as given.
+
+    The default causal LM (``task="instruction"``) is SmolLM2-135M-Instruct, converted once from the
+    GGUF file of its wheel (`lora_dropout.gguf.default_causal_lm_dir`).
+    """
+    if name_or_path is None and task == "instruction":
+        from .gguf import default_causal_lm_dir
+
+        return str(default_causal_lm_dir())
     if name_or_path in (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         return str(asset_file(MINILM, "model"))
     return str(name_or_path)
 
 
-def load_tokenizer(name_or_path: str | None = None):
+def load_tokenizer(name_or_path: str | None = None, task: str = "classification"):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path, task))
+    if tokenizer.pad_token_id is None:  # causal LMs often have none; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str | None = None, *, seed: int = 0, base_dropout: float | None = None,
+                   attn_implementation: str | None = "eager", dtype: torch.dtype | None = None):
+    """A causal LM for instruction tuning (default: SmolLM2-135M-Instruct, see `resolve_model`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(name_or_path, "instruction")
+    config = AutoConfig.from_pretrained(path)
+    if base_dropout is not None:
+        for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "dropout"):
+            if hasattr(config, key):
+                setattr(config, key, base_dropout)
+    torch.manual_seed(seed)
+    kwargs = {"config": config}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def load_classifier(

@@ -48,6 +48,11 @@ def probe_run(
         influence Hessian use; None = all. The Hessian of the mean loss is estimated on this subset.
     """
     loaded = load_run(run_dir, device=device)
+    if loaded.config.train.task != "classification":
+        raise ValueError(
+            f"{run_dir} is an {loaded.config.train.task} run: curvature probes and leave-one-out stability are "
+            "implemented for classification runs (their loss is the cross-entropy of class logits)"
+        )
     train = loaded.prepared.train
     data = train if probe_examples is None else train.subset(range(min(probe_examples, len(train))))
     probes_path = stability_path = None

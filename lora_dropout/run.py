@@ -59,7 +59,8 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
         final = {}
         for split, data in (("train", prepared.eval_train), ("test", prepared.test)):
             logits = run_split(model, handle, data, split, batch_size=tc.eval_batch_size, device=device,
-                               full=step == n_steps)  # the unmasked model, theta(S), for the bounds
+                               full=step == n_steps,  # the unmasked model, theta(S), for the bounds
+                               tokenizer=prepared.tokenizer)
             rows = [{**row, "step": step, "epoch": epoch, "objective": objective, "wall_s": writer.elapsed}
                     for row in summary_rows(logits)]
             writer.append_steps(rows)

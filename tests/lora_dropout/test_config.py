@@ -11,7 +11,10 @@ def test_defaults_follow_the_paper_and_theory_md():
     assert cfg.rescale is False
     assert cfg.eval_mode is EvalMode.ENSEMBLE
     assert cfg.ensemble_average is EnsembleAverage.PROBS
-    assert cfg.n_eval_instances == cfg.n_instances  # N_test = N unless set
+    assert cfg.eval_instances == cfg.n_instances  # N_test = N unless set
+    # ... also after changing N: the default follows, an explicit value does not
+    assert cfg.replace(n_instances=2).eval_instances == 2
+    assert cfg.replace(n_eval_instances=8).replace(n_instances=2).eval_instances == 8
 
 
 def test_strings_become_enums_and_the_config_is_frozen():

@@ -294,3 +294,38 @@ def test_score_choices_restores_the_training_mode_and_checks_shapes(tok):
         score_choices(model, tok, prompts, [("a", "b")] * 3)
     with pytest.raises(ValueError, match="sample_ids has 2 entries"):
         score_choices(model, tok, prompts, CHOICES, sample_ids=[1, 2])
+
+
+# -- the run directory path (task="instruction") --------------------------------------------------------
+
+
+def test_instruction_run_writes_a_valid_run_directory(tmp_path):
+    from bounds.runlog import validate_run
+    from lora_dropout.probe_run import probe_run
+    from lora_dropout.run import train_run
+    from lora_dropout.runconfig import RunConfig
+    from tests.tiny import write_tiny_csv
+
+    tok = tiny_tokenizer()
+    model_dir = tmp_path / "llama"
+    tiny_causal_lm(tok).unload().save_pretrained(model_dir)  # the plain Llama, without LoRA layers
+    tok.save_pretrained(model_dir)
+    data = write_tiny_csv(tmp_path / "d.csv", n=40)
+    frame = pd.read_csv(data)  # sentiment labels, so the prompts use the tokenizer's words
+    frame.assign(label=frame.label.map({"neg": "rotten", "pos": "fresh"})).to_csv(data, index=False)
+    config = RunConfig().replace(
+        train={"task": "instruction", "model": str(model_dir), "data": str(data), "group_column": "group",
+               "n_train": 16, "n_test": None, "epochs": 1, "batch_size": 4, "eval_batch_size": 8, "lr": 1e-3,
+               "max_length": 64},
+        lora_dropout={"dropout_rate": 0.3, "n_instances": 2},
+    )
+    run = validate_run(train_run(config, tmp_path / "runs", run_id="lm", progress=False).run_dir,
+                       require=("samples", "calibration", "modules"))
+    samples = run.table("samples")
+    final = samples[samples.step == samples.step.max()]
+    # members, deterministic, ensemble and full rows for every train and test item
+    assert set(final.predictor) == {"member", "deterministic", "ensemble", "full"}
+    assert sorted(final[final.predictor == "member"].instance.unique()) == [0, 1]
+    assert set(run.steps.split) == {"train", "test"} and run.steps["risk"].notna().all()
+    with pytest.raises(ValueError, match="classification runs"):
+        probe_run(run.path, curvature=True)
