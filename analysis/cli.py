@@ -198,7 +198,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                         figures_dir=args.figures_dir))
     if isinstance(result, int):
         return result
-    mark = {True: "held", False: "did NOT hold", None: "not measured"}
+    mark = {True: "held", False: "did NOT hold", None: "not evaluable"}
     print(f"report: {result.report}")
     print(f"figures: {len(result.figures)} in {result.figures[0].parent if result.figures else '-'}")
     for claim in result.claims:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bounds.cli import bounds_document, write_json_atomic
+from bounds.cli import bounds_document
 from bounds.report import evaluate_run
-from bounds.runlog import read_meta, run_state
+from bounds.runlog import read_meta, run_state, write_json
 
 from .study import Point
 
@@ -33,5 +33,5 @@ def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
                   probe_examples=post.probe_examples, tol=post.lanczos_tol, progress=progress)
     settings = {"delta": 0.05, "lam": post.lam, "loss_range": None}
     reports = evaluate_run(run_dir, delta=0.05, lam=post.lam)
-    write_json_atomic(run_dir / "bounds.json", bounds_document(reports, settings))
+    write_json(run_dir / "bounds.json", bounds_document(reports, settings))
     return run_dir

@@ -170,7 +170,7 @@ def drop_test(study_dir: Path, spec: StudySpec, focus: Focus, cache: Path) -> pd
 
 def write_report(path: Path, profile: Profile, claims: list[Claim], figures: list[Path], skipped, wall_s: float,
                  provenance: dict) -> Path:
-    mark = {True: "held", False: "did NOT hold", None: "not measured"}
+    mark = {True: "held", False: "did NOT hold", None: "not evaluable"}
     lines = [
         f"# LoRA Dropout reproduction: profile `{profile.name}`",
         "",

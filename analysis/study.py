@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bounds.runlog import RunLogError, read_meta, run_state
+from bounds.runlog import RunLogError, read_meta, run_state, write_json
 from lora_dropout.config import LoraDropoutConfig
-from lora_dropout.persist import write_json_atomic
 from lora_dropout.runconfig import AdapterConfig, RunConfig, TrainConfig
 
 SECTIONS = {"train": TrainConfig, "adapter": AdapterConfig, "lora_dropout": LoraDropoutConfig}
@@ -196,7 +195,7 @@ def run_study(spec: StudySpec, study_dir: str | Path, *, executor: str = "local"
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     points = spec.expand()
-    write_json_atomic(study_dir / "manifest.json",
+    write_json(study_dir / "manifest.json",
                       {"spec": spec.to_dict(), "points": [p.to_dict() for p in points]})
     todo, skipped = [], []
     for point in points:

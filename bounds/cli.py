@@ -7,19 +7,16 @@ alone (``main(["RUN_DIR", "--delta", "0.1"])``), for tests and scripts.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .estimators import LIPSCHITZ_QUANTITIES, SPACES
 from .formulas import Lemma43Form
 from .report import BoundReport, evaluate_run
-from .runlog import BOUND_PREDICTORS, SCHEMA_VERSION, RunLogError
+from .runlog import BOUND_PREDICTORS, SCHEMA_VERSION, RunLogError, write_json
 
-__all__ = ["add_arguments", "bounds_document", "main", "register", "write_json_atomic"]
+__all__ = ["add_arguments", "bounds_document", "main", "register"]
 
 HELP = "evaluate the paper's bounds on a run, print them, and write RUN_DIR/bounds.json"
 
@@ -72,19 +69,6 @@ def bounds_document(reports: list[BoundReport], settings: dict[str, Any]) -> dic
     }
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write strict JSON (no NaN/Infinity) to a temporary file beside ``path``, then ``os.replace`` it."""
-    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print, write ``bounds.json``; 2 with a message when the run cannot be read."""
     settings = {"delta": args.delta, "lam": args.lam, "loss_range": args.loss_range,
@@ -97,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print("\n\n".join(str(r) for r in reports))
     target = args.run_dir / "bounds.json"
-    write_json_atomic(target, bounds_document(reports, settings))
+    write_json(target, bounds_document(reports, settings))
     print(f"\nwrote {target}")
     return 0
 

@@ -25,7 +25,8 @@ import json
 import math
 import os
 import socket
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -392,10 +393,37 @@ def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
     return run
 
 
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Create or replace ``path`` atomically: ``write`` fills a temporary file beside it, which is then
+    renamed over ``path``, so a reader never sees a half-written file. Permissions follow the umask,
+    as for a file opened for writing (the temporary file itself starts private)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Strict JSON (no NaN/Infinity: `jsonable` turns them into null), written with `write_atomic`."""
+    text = json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
 def jsonable(value: Any) -> Any:
     """Plain JSON value: numpy scalars and arrays to Python, non-finite floats to None (strict JSON)."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -41,21 +41,10 @@ def load_tokenizer(name_or_path: str | None = None, task: str = "classification"
 def load_causal_lm(name_or_path: str | None = None, *, seed: int = 0, base_dropout: float | None = None,
                    attn_implementation: str | None = "eager", dtype: torch.dtype | None = None):
     """A causal LM for instruction tuning (default: SmolLM2-135M-Instruct, see `resolve_model`)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    path = resolve_model(name_or_path, "instruction")
-    config = AutoConfig.from_pretrained(path)
-    if base_dropout is not None:
-        for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "dropout"):
-            if hasattr(config, key):
-                setattr(config, key, base_dropout)
-    torch.manual_seed(seed)
-    kwargs = {"config": config}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return _load(AutoModelForCausalLM, resolve_model(name_or_path, "instruction"), {}, seed=seed,
+                 base_dropout=base_dropout, attn_implementation=attn_implementation, dtype=dtype)
 
 
 def load_classifier(
@@ -77,27 +66,38 @@ def load_classifier(
     seed : int
         Seeds the random initialisation of the new head (the ``init`` generator of a run).
     base_dropout : float, optional
-        Overrides the pretrained model's own hidden and attention dropout (None keeps them). LoRA
-        Dropout studies often set 0 so that the method under study is the only source of noise.
+        Overrides the pretrained model's own dropout (None keeps it). LoRA Dropout studies often set 0
+        so that the method under study is the only source of noise.
     attn_implementation : str, optional
         ``"eager"`` by default: Hessian-vector products (curvature probes) need double backward,
         which fused attention kernels do not provide.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    path = resolve_model(name_or_path)
-    config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    return _load(AutoModelForSequenceClassification, resolve_model(name_or_path), {"num_labels": num_labels},
+                 seed=seed, base_dropout=base_dropout, attn_implementation=attn_implementation, dtype=dtype)
+
+
+#: Config fields that hold a model's own dropout rates, across architectures (BERT, Llama, GPT-2, ...).
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
+                 "resid_pdrop", "embd_pdrop", "dropout")
+
+
+def _load(auto_class, path: str, config_kwargs: dict, *, seed, base_dropout, attn_implementation, dtype):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, **config_kwargs)
     if base_dropout is not None:
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout"):
+        for key in _DROPOUT_KEYS:
             if hasattr(config, key):
                 setattr(config, key, base_dropout)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # whatever the checkpoint lacks (a new head) is initialised from here
     kwargs = {"config": config}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    return auto_class.from_pretrained(path, **kwargs)
 
 
 def default_target_modules(model: torch.nn.Module) -> list[str]:

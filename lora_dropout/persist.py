@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from bounds.runlog import write_json
 
 from .apply import LoraDropout, apply_lora_dropout, get_lora_dropout
 from .config import LoraDropoutConfig
 
 CONFIG_NAME = "lora_dropout_config.json"
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_lora_dropout(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
@@ -42,7 +27,7 @@ def save_lora_dropout(model: torch.nn.Module, directory: str | os.PathLike) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    write_json_atomic(directory / CONFIG_NAME, handle.config.to_dict())
+    write_json(directory / CONFIG_NAME, handle.config.to_dict())
     return directory
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -21,9 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from bounds.runlog import SCHEMA_VERSION, TABLES, jsonable
+from bounds.runlog import SCHEMA_VERSION, TABLES, jsonable, write_atomic, write_json
 
-from .persist import write_json_atomic
 from .provenance import git_info, utc_now, versions
 
 
@@ -36,16 +34,7 @@ def write_table(run_dir: str | os.PathLike, table: str, frame: pd.DataFrame) -> 
     missing = [c for c in spec.column_names if c not in frame.columns]
     if missing:
         raise ValueError(f"rows for {spec.filename} lack column(s) {missing}")
-    path = Path(run_dir) / spec.filename
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame[spec.column_names].to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(Path(run_dir) / spec.filename, lambda tmp: frame[spec.column_names].to_parquet(tmp, index=False))
 
 
 class RunWriter:
@@ -72,7 +61,7 @@ class RunWriter:
         return time.monotonic() - self._t0
 
     def _write_meta(self) -> None:
-        write_json_atomic(self.dir / "meta.json", jsonable(self.meta))
+        write_json(self.dir / "meta.json", self.meta)
 
     def append_steps(self, rows: list[dict]) -> None:
         columns = TABLES["steps"].column_names
