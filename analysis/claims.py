@@ -141,10 +141,11 @@ def linear_cost(runs: pd.DataFrame, focus: Focus) -> Claim:
         return Claim("linear_cost", statement, None, "needs runs at >= 2 values of N")
     lo, hi = walls.index[0], walls.index[-1]
     ratio = walls[hi] / walls[lo]
-    held = bool(ratio <= hi / lo * 1.25)
+    # "about linear": within a factor of two of N_hi / N_lo either way (fixed costs pull it down)
+    held = bool(0.5 * hi / lo <= ratio <= 2.0 * hi / lo)
     return Claim("linear_cost", statement, held,
-                 f"run wall time (training and evaluation) N={hi} / N={lo}: {ratio:.2f} (linear would be "
-                 f"<= {hi / lo:g}; evaluation cost also grows with N_test = N)")
+                 f"run wall time (training and evaluation) N={hi} / N={lo}: {ratio:.2f} (linear: {hi / lo:g}; "
+                 f"held if within a factor 2; evaluation cost also grows with N_test = N)")
 
 
 def jensen_holds(compression: pd.DataFrame) -> Claim:

@@ -73,6 +73,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _friendly(command):
+    """Bad input ends with one line naming what was wrong (exit 2), not a traceback; set
+    LORA_DROPOUT_DEBUG=1 to see the traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as exc:
+            if os.environ.get("LORA_DROPOUT_DEBUG"):
+                raise
+            print(f"lora-dropout {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def _guarded(fn):
     """Run ``fn``; on Ctrl-C say where the (failed, readable) run is and exit 130."""
     try:
@@ -220,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-id", help="name of the run directory (default: <UTC time>-<config digest>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _run_config_flags(train)
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=_friendly(cmd_train))
 
     probe = sub.add_parser("probe", help="curvature, Lipschitz and leave-one-out stability of a finished run",
                            description="Measure a finished run's theta(S) and add probes.parquet and/or "
@@ -236,14 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--methods", nargs="+", default=["retrain", "warm_start", "influence"],
                        choices=["retrain", "warm_start", "influence"], help="stability estimators")
     probe.add_argument("--lam", type=float, default=1.0, help="lambda of the regularised loss (default: 1.0)")
-    probe.add_argument("--probe-examples", type=int, default=128,
+    probe.add_argument("--probe-examples", type=_positive_int, default=128,
                        help="training examples the curvature probes use (default: 128)")
     probe.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (default: 1e-3)")
     probe.add_argument("--warm-epochs", type=int, default=1, help="epochs of a warm start (default: 1)")
     probe.add_argument("--seed", type=int, default=0, help="seed of the leave-one-out indices (default: 0)")
     probe.add_argument("--device", default=None, help="device (default: the run's)")
     probe.add_argument("--quiet", action="store_true", help="no progress bar")
-    probe.set_defaults(func=cmd_probe)
+    probe.set_defaults(func=_friendly(cmd_probe))
 
     sweep = sub.add_parser("sweep", help="a grid of runs over config fields (resumable)",
                            description="Run a grid of configurations into a study directory; re-running skips "
@@ -257,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--curvature", action="store_true", help="curvature probes after each run")
     sweep.add_argument("--stability-k", type=int, default=0, help="leave-one-out indices per run")
     _run_config_flags(sweep)
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=_friendly(cmd_sweep))
 
     coll = sub.add_parser("collect", help="collect a study's runs and bounds into tidy parquet tables")
     coll.add_argument("study_dir", type=Path)
@@ -265,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     coll.add_argument("--delta", type=float, default=0.05)
     coll.add_argument("--lam", type=float, default=1.0)
     coll.add_argument("--loss-range", type=float, default=None)
-    coll.set_defaults(func=cmd_collect)
+    coll.set_defaults(func=_friendly(cmd_collect))
 
     rep = sub.add_parser("reproduce", help="the study over p and N, probes, bounds, figures and report.md",
                          description="Run (or resume) a profile's study and write figures and report.md.")
@@ -277,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data", help="data (paper profile: e.g. hf:<GLUE task saved with save_to_disk>)")
     rep.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
     rep.add_argument("--figures-dir", type=Path, help="where figures go (default: OUT/figures)")
-    rep.set_defaults(func=cmd_reproduce)
+    rep.set_defaults(func=_friendly(cmd_reproduce))
 
     from bounds.cli import register as register_bounds
 
@@ -285,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = sub.add_parser("summary", help="final test metrics of runs, side by side")
     summary.add_argument("runs", nargs="+", type=Path, help="run directories")
-    summary.set_defaults(func=cmd_summary)
+    summary.set_defaults(func=_friendly(cmd_summary))
     return parser
 
 

@@ -8,7 +8,6 @@ running) are skipped, counted and reported with the reason; they never stop the 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import pandas as pd
 from bounds.compression import ensemble_compression
 from bounds.estimators import estimate_risks
 from bounds.report import evaluate_run
-from bounds.runlog import PREDICTORS, RunLog, RunLogError, run_state, validate_run
+from bounds.runlog import PREDICTORS, RunLog, RunLogError, run_state, validate_run, write_atomic, write_json
 
 #: Configuration columns attached to every row: (column, section, field).
 CONFIG_COLUMNS = (
@@ -69,16 +68,9 @@ class Collection:
         directory.mkdir(parents=True, exist_ok=True)
         for name in TABLE_NAMES:
             frame = getattr(self, name)
-            frame.to_parquet(directory / f"{name}.parquet", index=False)
-        (directory / "skipped.json").write_text(json.dumps([list(s) for s in self.skipped], indent=2))
+            write_atomic(directory / f"{name}.parquet", lambda tmp, frame=frame: frame.to_parquet(tmp, index=False))
+        write_json(directory / "skipped.json", [list(s) for s in self.skipped])
         return directory
-
-    @classmethod
-    def load(cls, directory: str | Path) -> Collection:
-        directory = Path(directory)
-        tables = {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLE_NAMES}
-        skipped = [tuple(s) for s in json.loads((directory / "skipped.json").read_text())]
-        return cls(**tables, skipped=skipped)
 
 
 def config_columns(config: dict) -> dict:
@@ -140,9 +132,34 @@ def _with_config(frame: pd.DataFrame, run_id: str, config: dict) -> pd.DataFrame
     return frame
 
 
+def _collect_run(run: RunLog, run_dir: Path, state: str, *, delta, lam, loss_range) -> dict[str, pd.DataFrame]:
+    """Every table's rows for one run (raises on anything wrong with it; `collect` reports and skips)."""
+    reports = evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range)
+    probes = run.table("probes") if run.has("probes") else None
+    modules = None
+    if run.has("modules"):
+        m = run.table("modules")
+        modules = m[m["step"] == m["step"].max()]
+    rows = {
+        "runs": pd.DataFrame([{"state": state, "wall_s": run.meta.get("wall_s")}]),
+        "summary": pd.DataFrame(_summary_rows(run, reports, probes, modules)),
+        "curves": run.steps,
+        "compression": ensemble_compression(run_dir, delta=delta, lam=lam, loss_range=loss_range).drop(
+            columns="run_id"),
+        "bounds": pd.concat([r.to_frame().drop(columns="run_id") for r in reports], ignore_index=True),
+    }
+    if run.has("calibration"):
+        rows["reliability"] = run.table("calibration")
+    if modules is not None:
+        rows["modules"] = modules
+    return {name: _with_config(frame, run.run_id, run.config) for name, frame in rows.items()}
+
+
 def run_directories(study_dir: str | Path) -> list[Path]:
     """Run directories directly under a study (anything with a meta.json; ``_attempts`` excluded)."""
     root = Path(study_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory of runs")
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")) and
                   ((p / "meta.json").exists() or (p / "steps.jsonl").exists()))
 
@@ -163,29 +180,12 @@ def collect(runs: str | Path | Iterable[str | Path], *, delta: float = 0.05, lam
             state = run_state(run.meta)
             if require_success and state != "success":
                 raise RunLogError(f"status {state}" + (f": {run.meta.get('error')}" if run.meta.get("error") else ""))
-            reports = evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range)
-            probes = run.table("probes") if run.has("probes") else None
-            modules = None
-            if run.has("modules"):
-                m = run.table("modules")
-                modules = m[m["step"] == m["step"].max()]
+            rows = _collect_run(run, run_dir, state, delta=delta, lam=lam, loss_range=loss_range)
         except Exception as exc:  # one bad run never stops a collection
             skipped.append((str(run_dir), f"{type(exc).__name__}: {exc}"))
             continue
-        cfg, rid = run.config, run.run_id
-        parts["runs"].append(_with_config(pd.DataFrame([{"state": state, "wall_s": run.meta.get("wall_s")}]),
-                                          rid, cfg))
-        parts["summary"].append(_with_config(pd.DataFrame(_summary_rows(run, reports, probes, modules)), rid, cfg))
-        parts["curves"].append(_with_config(run.steps, rid, cfg))
-        if run.has("calibration"):
-            parts["reliability"].append(_with_config(run.table("calibration"), rid, cfg))
-        parts["compression"].append(_with_config(
-            ensemble_compression(run_dir, delta=delta, lam=lam, loss_range=loss_range).drop(columns="run_id"),
-            rid, cfg))
-        parts["bounds"].append(_with_config(
-            pd.concat([r.to_frame().drop(columns="run_id") for r in reports], ignore_index=True), rid, cfg))
-        if modules is not None:
-            parts["modules"].append(_with_config(modules, rid, cfg))
+        for name, frame in rows.items():
+            parts[name].append(frame)
     tables = {name: (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
               for name, frames in parts.items()}
     tables["bounds"] = _object_to_str(tables["bounds"])

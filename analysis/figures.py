@@ -7,7 +7,6 @@ the plotted table itself, so every number in a figure can be traced and checked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bounds.runlog import jsonable
+from bounds.runlog import write_json
 
 from . import plots, tables
 from .collect import Collection
@@ -100,8 +99,7 @@ def save_figures(figures: list[Figure], out_dir: str | Path, provenance: dict) -
         figure.savefig(png, dpi=150)
         figure.savefig(out_dir / f"{fig.name}.pdf")
         plt.close(figure)
-        sidecar = {**provenance, "figure": fig.name, "title": fig.title,
-                   "table": fig.table.to_dict(orient="records")}
-        (out_dir / f"{fig.name}.json").write_text(json.dumps(jsonable(sidecar), indent=2) + "\n")
+        write_json(out_dir / f"{fig.name}.json", {**provenance, "figure": fig.name, "title": fig.title,
+                                                  "table": fig.table.to_dict(orient="records")})
         paths.append(png)
     return paths

@@ -25,13 +25,14 @@ paper
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from bounds.runlog import RunLogError, read_meta, run_state
+from bounds.runlog import RunLogError, read_meta, run_state, write_atomic
 from lora_dropout.provenance import git_info, utc_now, versions
 from lora_dropout.runconfig import RunConfig
 
@@ -115,7 +116,7 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
                   {"method": "adalora", "dropout_rate": 0.0, "n_instances": 1},
                   {"method": "adalora", "dropout_rate": 0.5, "n_instances": 4})
         post = PostTraining(curvature=True, probe_examples=512, lanczos_tol=1e-3)
-        post_for = (({"dropout_rate": 0.5, "n_instances": 4}, {"stability_k": 16}),)
+        post_for = (({"method": "lora", "dropout_rate": 0.5, "n_instances": 4}, {"stability_k": 16}),)
         n_seeds = seeds or 3
         description = "paper: GPU configuration (larger model and data via --model/--data), 3 seeds"
     seeded = tuple({**pt, "seed": s} for s in range(n_seeds) for pt in points)
@@ -164,7 +165,7 @@ def drop_test(study_dir: Path, spec: StudySpec, focus: Focus, cache: Path) -> pd
         rows.append({"run_id": run_id, "seed": seed, "dropout_rate": focus.dropout_rate,
                      "accuracy": ens["accuracy"], "risk": ens["risk"]})
     frame = pd.DataFrame(rows, columns=["run_id", "seed", "dropout_rate", "accuracy", "risk"])
-    frame.to_parquet(cache, index=False)
+    write_atomic(cache, lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
 
 
@@ -188,12 +189,12 @@ def write_report(path: Path, profile: Profile, claims: list[Claim], figures: lis
     ]
     lines += [f"| {c.statement} | **{mark[c.held]}** | {c.evidence} |" for c in claims]
     lines += ["", "## Figures", ""]
-    lines += [f"![{p.stem}](figures/{p.name})" for p in figures]
+    lines += [f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in figures]
     if skipped:
         lines += ["", "## Skipped runs", ""] + [f"- `{run}`: {reason}" for run, reason in skipped]
     lines += ["", f"Wall time: {wall_s / 60:.1f} minutes.", ""]
-    path.write_text("\n".join(lines))
-    return path
+    text = "\n".join(lines)
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 @dataclass(frozen=True)
@@ -219,9 +220,13 @@ def reproduce(profile: str | Profile, out: str | Path, *, executor: str = "local
     coll = collect(runs_dir)
     coll.save(out / "collected")
     git = git_info()
+    command = f"lora-dropout reproduce --profile {prof.name} --out {out}"
+    for flag, value in (("--figures-dir", figures_dir), ("--model", model), ("--data", data), ("--seeds", seeds)):
+        if value is not None:
+            command += f" {flag} {value}"
     provenance = {
         "commit": git["commit"], "dirty": git["dirty"], "profile": prof.name, "date": utc_now(),
-        "command": f"lora-dropout reproduce --profile {prof.name} --out {out}",
+        "command": command,
         "config": prof.spec.to_dict(), "run_ids": sorted(coll.runs["run_id"]) if len(coll.runs) else [],
         "versions": versions(),
     }

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -87,6 +86,15 @@ def _run_id(overrides: Mapping[str, Any]) -> str:
     return "-".join(parts) if parts else "base"
 
 
+def _matches(resolved: dict[str, dict[str, Any]], match: Mapping[str, Any]) -> bool:
+    """Whether a resolved configuration (``RunConfig.to_dict()``) has every ``field: value`` of ``match``."""
+    for key, value in match.items():
+        section, name = qualify(key).split(".", 1)
+        if resolved[section][name] != value:
+            return False
+    return True
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudySpec:
     """A base configuration, a grid of overrides (their product), and extra explicit points."""
@@ -103,6 +111,8 @@ class StudySpec:
         grid = {qualify(k): list(v) for k, v in self.grid.items()}
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] if grid else []
         combos += [{qualify(k): v for k, v in p.items()} for p in self.points]
+        if not combos:
+            combos = [{}]  # no grid: the base configuration is the one point
         seen, out = set(), []
         for overrides in combos:
             run_id = _run_id(overrides)
@@ -115,8 +125,9 @@ class StudySpec:
                 sections.setdefault(section, {})[name] = value
             config = self.base.replace(**sections)
             post = self.post
-            for match, changes in self.post_for:
-                if all(overrides.get(qualify(k)) == v for k, v in match.items()):
+            resolved = config.to_dict()
+            for match, changes in self.post_for:  # matched on the resolved configuration of the point
+                if _matches(resolved, match):
                     post = dataclasses.replace(post, **changes)
             out.append(Point(run_id, overrides, config, post))
         return out
@@ -198,8 +209,13 @@ def run_study(spec: StudySpec, study_dir: str | Path, *, executor: str = "local"
     write_json(study_dir / "manifest.json",
                       {"spec": spec.to_dict(), "points": [p.to_dict() for p in points]})
     todo, skipped = [], []
+    statuses = {point.run_id: point_status(study_dir, point) for point in points}
+    running = sorted(r for r, status in statuses.items() if status == "running")
+    if running:  # never move a directory a live writer (here or on another host) is still filling
+        raise RuntimeError(f"run(s) {running} of {study_dir} are still running; wait for them or stop them "
+                           "(a run killed without notice shows as stale and is redone)")
     for point in points:
-        status = point_status(study_dir, point)
+        status = statuses[point.run_id]
         if status == "done":
             skipped.append(point.run_id)
             continue
@@ -252,10 +268,3 @@ def _run_ray(study_dir: Path, points: Iterable[Point], address: str | None, thre
     finally:
         if started:
             ray.shutdown()
-
-
-def load_manifest(study_dir: str | Path) -> dict[str, Any]:
-    path = Path(study_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{study_dir} is not a study directory: manifest.json is missing")
-    return json.loads(path.read_text())

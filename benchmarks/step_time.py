@@ -131,7 +131,7 @@ def main(argv=None):
              "labels": torch.tensor(data.train.label.to_numpy(), device=device)}
 
     def model(peft_dropout):
-        base = load_classifier(num_labels=2, seed=0, base_dropout=0.0, attn_implementation="sdpa", dtype=dtype)
+        base = load_classifier(num_labels=2, seed=0, base_dropout=0.0, dtype=dtype)
         return make_peft_model(base, AdapterConfig(peft_lora_dropout=peft_dropout)).to(device).train()
 
     peft_lora = model(args.dropout_rate)

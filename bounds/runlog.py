@@ -147,7 +147,8 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "calibration", "calibration.parquet",
-            "reliability-diagram bins: 15 equal-width confidence bins on [0, 1]",
+            "reliability-diagram bins: 15 equal-width confidence bins on [0, 1]; member_mean pools the "
+            "predictions of all members (steps.jsonl's member_mean ECE is the mean of per-member ECEs)",
             (
                 C("step", "int", "optimizer steps taken when evaluated"),
                 C("split", "str", "train or test"),
@@ -333,7 +334,7 @@ def _check_table(spec: Table, frame: pd.DataFrame) -> list[str]:
         return [f"{spec.filename}: missing column(s) {missing}"]
     for col in spec.columns:
         values = frame[col.name]
-        if not col.nullable and values.isna().any() and col.kind != "float":
+        if not col.nullable and values.isna().any():
             problems.append(f"{spec.filename}: column {col.name} has {int(values.isna().sum())} missing values")
         if col.finite:
             numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
@@ -402,6 +403,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as fh:  # on disk before the rename makes it visible
+            os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

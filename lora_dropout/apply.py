@@ -39,12 +39,6 @@ class MaskSet:
     rows: int
     n_instances: int
 
-    def instance(self, r: int) -> MaskSet:
-        """The masks of instance ``r`` alone (rows ``r * B ... (r + 1) * B``)."""
-        b = self.rows // self.n_instances
-        sub = {k: (mi[r * b : (r + 1) * b], mo[r * b : (r + 1) * b]) for k, (mi, mo) in self.masks.items()}
-        return MaskSet(sub, b, 1)
-
 
 def _broadcast(mask: torch.Tensor, x: torch.Tensor, site: str) -> torch.Tensor:
     """Shape a ``(rows, F)`` or ``(rows, T, F)`` mask to multiply ``x`` of shape ``(rows, ..., F)``."""
@@ -68,10 +62,11 @@ class LoraDropout:
         self.config = config
         self.sites = peft_seam.find_lora_sites(model)
         self.layout = MaskLayout([Site(s.name, s.in_features, s.out_features) for s in self.sites])
-        self._offsets: dict[str, tuple[int, int]] = {}
+        # site -> (first feature, end feature, input features): its slice of the flat feature axis
+        self._slices: dict[str, tuple[int, int, int]] = {}
         start = 0
         for s in self.sites:
-            self._offsets[s.name] = (start, start + s.in_features + s.out_features)
+            self._slices[s.name] = (start, start + s.in_features + s.out_features, s.in_features)
             start += s.in_features + s.out_features
         self._masks: MaskSet | None = None
         self._scale: float | None = None
@@ -110,11 +105,9 @@ class LoraDropout:
         keys = torch.arange(rows, dtype=torch.int64, device=x.device)
         seq_len = x.shape[1] if self.config.mask_scope == MaskScope.TOKEN and x.dim() == 3 else None
         h = self._row_hashes(TRAIN_STREAM, step=self._plain_step, epoch=self._plain_step, keys=keys, n_instances=1)
-        lo, hi = self._offsets[site]
-        feature_hash = self.layout.feature_hash(x.device)[lo:hi]
-        keep = sample_keep(feature_hash, h, self.config.dropout_rate, seq_len=seq_len)
+        lo, hi, n_in = self._slices[site]
+        keep = sample_keep(self.layout.feature_hash(x.device)[lo:hi], h, self.config.dropout_rate, seq_len=seq_len)
         values = keep.to(x.dtype) * self.config.mask_value
-        n_in = hi - lo - next(s.out_features for s in self.sites if s.name == site)
         return values[..., :n_in], values[..., n_in:]
 
     @property

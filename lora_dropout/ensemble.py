@@ -58,7 +58,10 @@ class Prediction:
         return F.nll_loss(log_probs, labels, reduction="none")
 
     def member_losses(self, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of each member, ``(N, B)``."""
+        """Cross-entropy of each member, ``(N, B)`` (classification; score a causal LM with
+        `lora_dropout.instruct.score_choices`, whose members are option distributions)."""
+        if self.member_logits.dim() != 3:
+            raise ValueError(f"member losses need (N, B, C) class logits, got shape {tuple(self.member_logits.shape)}")
         n, b, c = self.member_logits.shape
         flat = F.cross_entropy(self.member_logits.float().reshape(n * b, c), labels.repeat(n), reduction="none")
         return flat.view(n, b)

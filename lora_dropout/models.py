@@ -39,7 +39,7 @@ def load_tokenizer(name_or_path: str | None = None, task: str = "classification"
 
 
 def load_causal_lm(name_or_path: str | None = None, *, seed: int = 0, base_dropout: float | None = None,
-                   attn_implementation: str | None = "eager", dtype: torch.dtype | None = None):
+                   attn_implementation: str | None = None, dtype: torch.dtype | None = None):
     """A causal LM for instruction tuning (default: SmolLM2-135M-Instruct, see `resolve_model`)."""
     from transformers import AutoModelForCausalLM
 
@@ -53,7 +53,7 @@ def load_classifier(
     num_labels: int = 2,
     seed: int = 0,
     base_dropout: float | None = None,
-    attn_implementation: str | None = "eager",
+    attn_implementation: str | None = None,
     dtype: torch.dtype | None = None,
 ):
     """A sequence classifier on a pretrained encoder; the classification head is freshly initialised.
@@ -69,8 +69,8 @@ def load_classifier(
         Overrides the pretrained model's own dropout (None keeps it). LoRA Dropout studies often set 0
         so that the method under study is the only source of noise.
     attn_implementation : str, optional
-        ``"eager"`` by default: Hessian-vector products (curvature probes) need double backward,
-        which fused attention kernels do not provide.
+        transformers' default (fused ``sdpa``) when None; the curvature probes switch to ``"eager"``
+        while they run, because Hessian-vector products need double backward.
     """
     from transformers import AutoModelForSequenceClassification
 

@@ -12,6 +12,7 @@ chunking changes memory and speed only, never the masks or the loss.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,13 +110,25 @@ def forward_instances(
         return model(**tile(inputs, count, batch_size))
 
 
-def _chunk_losses(model, handle, batch, *, first, count, step, epoch, loss_fn, labels_key):
+@contextlib.contextmanager
+def _instance_losses(model, handle, batch, *, first, count, step, epoch, loss_fn, labels_key):
+    """Per-example losses ``(count, B)`` of instances ``first .. first+count-1``, with their masks in force.
+
+    The masks stay in force until the ``with`` block ends, so a ``backward`` inside it sees them again
+    if gradient checkpointing recomputes the forward pass.
+    """
     inputs, labels, keys, b = split_batch(batch, labels_key)
-    outputs = forward_instances(
-        model, handle, inputs, b, first=first, count=count, keys=keys, step=step, epoch=epoch, train=True
-    )
-    fn = loss_fn or default_loss_for(outputs)
-    return fn(outputs, tile({"labels": labels}, count, b)["labels"]).view(count, b)
+    masks = handle.sample(b, n_instances=count, first_instance=first, keys=keys, step=step, epoch=epoch,
+                          seq_len=_seq_len(inputs), train=True)
+    with handle.use(masks):
+        outputs = model(**tile(inputs, count, b))
+        fn = loss_fn or default_loss_for(outputs)
+        yield fn(outputs, tile({"labels": labels}, count, b)["labels"]).view(count, b)
+
+
+def gradient_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether any submodule recomputes its forward pass during backward (transformers' flag)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in unwrap(model).modules())
 
 
 def n_instance_loss(
@@ -144,9 +157,15 @@ def n_instance_loss(
         Per-example loss; default chosen from the logits' shape (`lora_dropout.losses`).
     """
     handle = get_lora_dropout(unwrap(model))
+    if gradient_checkpointing(model):
+        raise ValueError(
+            "gradient checkpointing recomputes the forward pass during backward, after n_instance_loss has "
+            "returned and its masks are gone: use n_instance_backward, which runs backward with them in force"
+        )
     n = n_instances or handle.config.n_instances
-    per = _chunk_losses(model, handle, batch, first=0, count=n, step=step, epoch=epoch, loss_fn=loss_fn,
-                        labels_key=labels_key)
+    with _instance_losses(model, handle, batch, first=0, count=n, step=step, epoch=epoch, loss_fn=loss_fn,
+                          labels_key=labels_key) as per:
+        pass
     loss = per.mean()
     reg = peft_seam.adalora_orth_reg(unwrap(model))
     if reg is not None:
@@ -171,7 +190,8 @@ def n_instance_backward(
 
     The gradients accumulated into ``.grad`` equal those of ``n_instance_loss(...).loss * loss_scale``
     (each chunk contributes ``sum of its losses / (N B)``); peak activation memory is that of one
-    chunk. ``backward`` replaces ``Tensor.backward`` (e.g. ``accelerator.backward``).
+    chunk. ``backward`` replaces ``Tensor.backward`` (e.g. ``accelerator.backward``). Works with gradient
+    checkpointing (each backward runs while its chunk's masks are in force).
     """
     handle = get_lora_dropout(unwrap(model))
     n = n_instances or handle.config.n_instances
@@ -180,12 +200,12 @@ def n_instance_backward(
     pieces, total = [], 0.0
     reg = peft_seam.adalora_orth_reg(unwrap(model))
     for first, count in instance_chunks(n, cap):
-        per = _chunk_losses(model, handle, batch, first=first, count=count, step=step, epoch=epoch,
-                            loss_fn=loss_fn, labels_key=labels_key)
-        chunk = per.sum() / per.numel() * (count / n)
-        if reg is not None and first == 0:
-            chunk = chunk + reg
-        backward(chunk * loss_scale)
+        with _instance_losses(model, handle, batch, first=first, count=count, step=step, epoch=epoch,
+                              loss_fn=loss_fn, labels_key=labels_key) as per:
+            chunk = per.sum() / per.numel() * (count / n)
+            if reg is not None and first == 0:
+                chunk = chunk + reg
+            backward(chunk * loss_scale)  # inside: a checkpointed recompute sees the same masks
         total += float(chunk.detach())
         pieces.append(per.detach())
     return InstanceLoss(torch.tensor(total), torch.cat(pieces, dim=0))
@@ -204,11 +224,11 @@ def looped_n_instance_loss(
     """Reference for tests: Eq. 7 as N ordinary forward passes, one instance each, same masks."""
     handle = get_lora_dropout(unwrap(model))
     n = n_instances or handle.config.n_instances
-    rows = [
-        _chunk_losses(model, handle, batch, first=r, count=1, step=step, epoch=epoch, loss_fn=loss_fn,
-                      labels_key=labels_key)
-        for r in range(n)
-    ]
+    rows = []
+    for r in range(n):
+        with _instance_losses(model, handle, batch, first=r, count=1, step=step, epoch=epoch, loss_fn=loss_fn,
+                              labels_key=labels_key) as per:
+            rows.append(per)
     per = torch.cat(rows, dim=0)
     loss = torch.stack([row.mean() for row in rows]).mean()
     reg = peft_seam.adalora_orth_reg(unwrap(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -25,9 +26,19 @@ def save_lora_dropout(model: torch.nn.Module, directory: str | os.PathLike) -> P
     """Save the peft adapter of ``model`` and its LoRA Dropout config into ``directory``."""
     handle = get_lora_dropout(model)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    write_json(directory / CONFIG_NAME, handle.config.to_dict())
+    # Written beside the target and swapped in by renames, so an interruption leaves either the old
+    # adapter or the new one, never a half-written file.
+    fresh = directory.with_name(f".{directory.name}.new")
+    stale = directory.with_name(f".{directory.name}.old")
+    for leftover in (fresh, stale):
+        shutil.rmtree(leftover, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    model.save_pretrained(fresh)
+    write_json(fresh / CONFIG_NAME, handle.config.to_dict())
+    if directory.exists():
+        os.replace(directory, stale)
+    os.replace(fresh, directory)
+    shutil.rmtree(stale, ignore_errors=True)
     return directory
 
 
@@ -40,7 +51,7 @@ def read_lora_dropout_config(directory: str | os.PathLike) -> LoraDropoutConfig:
 
 
 def load_lora_dropout(
-    base_model: torch.nn.Module, directory: str | os.PathLike, *, is_trainable: bool = False
+    base_model: torch.nn.Module, directory: str | os.PathLike, *, is_trainable: bool = True
 ) -> tuple[torch.nn.Module, LoraDropout]:
     """Load an adapter saved by `save_lora_dropout` onto ``base_model`` and re-apply LoRA Dropout.
 

@@ -53,6 +53,11 @@ def probe_run(
             f"{run_dir} is an {loaded.config.train.task} run: curvature probes and leave-one-out stability are "
             "implemented for classification runs (their loss is the cross-entropy of class logits)"
         )
+    if stability_k and loaded.config.adapter.method == "adalora":
+        raise ValueError(
+            f"{run_dir} is an AdaLoRA run: leave-one-out retraining would also need AdaLoRA's rank-allocator "
+            "state, which is not part of the saved adapter; stability is implemented for LoRA runs"
+        )
     train = loaded.prepared.train
     data = train if probe_examples is None else train.subset(range(min(probe_examples, len(train))))
     probes_path = stability_path = None

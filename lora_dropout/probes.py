@@ -153,14 +153,18 @@ class ParamSpace:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[ParamSpace]:
-        """Eval mode, parameters frozen, LoRA branch at scale 1 (``factors``) or replaced by hooks
-        (``delta_w``); everything restored on exit."""
+        """Eval mode, eager attention, parameters frozen, LoRA branch at scale 1 (``factors``) or replaced
+        by hooks (``delta_w``); everything restored on exit."""
         if self._active:
             raise RuntimeError("ParamSpace.active() is not re-entrant")
         modes = [(m, m.training) for m in self.model.modules()]
         flags = [(p, p.requires_grad) for p in self.model.parameters()]
         hooks = []
+        attention = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
         try:
+            if attention not in (None, "eager"):
+                # double backward (Hessian-vector products) needs eager attention; fused kernels lack it
+                self.model.set_attn_implementation("eager")
             self.model.eval()  # deterministic: base dropout and peft's lora_dropout off
             for p, _ in flags:
                 # autograd then builds graphs for theta only, not for the head or unused factors
@@ -178,6 +182,8 @@ class ParamSpace:
                 p.requires_grad_(flag)
             for m, training in modes:
                 m.training = training
+            if attention not in (None, "eager"):
+                self.model.set_attn_implementation(attention)
 
     def _add_delta(self, k: int):
         deltas = self._module.deltas
@@ -330,16 +336,6 @@ def per_sample_grad_norms_loop(
 # -- Hessian of the mean training loss and the stationarity check --------------------------------------
 
 
-def _require_double_backward(model: torch.nn.Module) -> None:
-    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
-    if impl not in (None, "eager"):
-        raise ValueError(
-            f"Hessian-vector products need double backward, which {impl!r} attention does not provide: load "
-            "the model with attn_implementation='eager' (load_classifier's default) or call "
-            "model.set_attn_implementation('eager')"
-        )
-
-
 def hessian_hvp(
     model: torch.nn.Module,
     handle: LoraDropout,
@@ -352,7 +348,7 @@ def hessian_hvp(
 
     ``H v = sum_batches (B_b / n) d/dtheta <grad L_b(theta), v>`` (double backward), so one product
     costs a forward, a backward and a double backward over the whole training set; nothing is kept
-    between products (memory of one batch). Needs eager attention.
+    between products (memory of one batch).
 
     Returns
     -------
@@ -360,7 +356,6 @@ def hessian_hvp(
         float64 ``(dim,)`` numpy arrays in and out; computes in the model's dtype, on its device.
     dim : int
     """
-    _require_double_backward(model)
     ps = ParamSpace(model, handle, space)
     theta = ps.flat()
     batches = list(data.batches(batch_size, device=theta.device))

@@ -67,12 +67,13 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
             final.update({f"{r['split']}/{r['predictor']}": {k: r[k] for k in ("risk", "accuracy", "ece")}
                           for r in rows})
             writer.add_rows("calibration", pd.DataFrame(calibration_rows(logits)).assign(step=step))
-            if tc.samples_every and evaluations % tc.samples_every == 0:
+            # the final evaluation always writes it: the bounds are evaluated there
+            if tc.samples_every and (evaluations % tc.samples_every == 0 or step == n_steps):
                 writer.add_rows("samples", sample_frame(logits).assign(step=step))
         # realised sparsity of the masks this epoch's training stream gives (up to 128 training examples)
         keys = torch.tensor(prepared.train.sample_ids[:128], device=device)
         mask_epoch = max(0, math.ceil(epoch) - 1)
-        writer.add_rows("modules", module_sparsity(handle, keys, epoch=mask_epoch).assign(step=step))
+        writer.add_rows("modules", module_sparsity(handle, keys, epoch=mask_epoch, step=step).assign(step=step))
         writer.flush_tables()
         save_lora_dropout(model, writer.dir / "adapter")
         writer.set_final(final)

@@ -126,6 +126,13 @@ class RunConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     lora_dropout: LoraDropoutConfig = field(default_factory=LoraDropoutConfig)
 
+    def __post_init__(self) -> None:
+        if self.lora_dropout.seed != 0:
+            raise ValueError(
+                f"lora_dropout.seed={self.lora_dropout.seed!r}: in a run the mask seed is derived from train.seed "
+                "(meta.json records it under seeds.masks); set train.seed instead"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "train": dataclasses.asdict(self.train),

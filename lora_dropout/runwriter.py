@@ -101,8 +101,10 @@ class RunWriter:
             self.flush_tables()
             self._finish("success", None)
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.flush_tables()
-            self._finish("failed", "interrupted (KeyboardInterrupt)")
+            try:
+                self.flush_tables()
+            finally:
+                self._finish("failed", "interrupted (KeyboardInterrupt)")
         else:
             try:
                 self.flush_tables()

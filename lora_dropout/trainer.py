@@ -11,7 +11,8 @@ An existing Trainer script switches to LoRA Dropout by changing one class::
   the Trainer divides it by the gradient-accumulation steps exactly once (``loss_is_scaled_for_ga =
   False``): accumulating two batches of 4 gives the gradient of one batch of 8, not half of it.
 - ``max_instances_per_forward`` below ``n_instances``: forward and backward run per chunk of
-  instances (same gradients, less activation memory).
+  instances (same gradients, less activation memory). With gradient checkpointing, backward runs
+  while each chunk's masks are in force, so the recomputed forward sees the same masks.
 - Evaluation: ``predict`` with the configured ``eval_mode``; the returned "logits" are the log of the
   aggregate predictive, so argmax metrics and the loss refer to the ensemble (or the deterministic
   predictor in the single-pass modes).
@@ -27,7 +28,7 @@ from transformers import Trainer, TrainerCallback
 from .apply import apply_lora_dropout, get_lora_dropout
 from .config import LoraDropoutConfig
 from .ensemble import predict
-from .objective import KEY_FIELD, n_instance_backward, n_instance_loss, unwrap
+from .objective import KEY_FIELD, gradient_checkpointing, n_instance_backward, n_instance_loss, unwrap
 from .peft_seam import adalora_update_and_allocate, is_adalora
 
 
@@ -69,8 +70,10 @@ class LoraDropoutTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         cfg = self.lora_dropout.config
         cap = cfg.max_instances_per_forward
-        if cap is None or cap >= cfg.n_instances:
+        chunked = cap is not None and cap < cfg.n_instances
+        if not chunked and not gradient_checkpointing(model):
             return super().training_step(model, inputs, num_items_in_batch)
+        # chunks, or checkpointing (its recompute must run while the masks are in force): backward here
         model.train()
         inputs = self._prepare_inputs(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps

@@ -115,6 +115,14 @@ def test_conjugate_gradient_solves_the_damped_system(logistic, damping):
 
 
 def test_conjugate_gradient_reports_a_stop_before_tolerance(logistic):
-    with pytest.warns(RuntimeWarning, match="conjugate gradients stopped after 2 steps"):
+    with pytest.warns(RuntimeWarning, match="hit maxiter after 2 steps"):
         _, info = conjugate_gradient(logistic["hvp"], np.ones(D), tol=1e-10, maxiter=2)
     assert not info["converged"] and info["iterations"] == 2 and info["residual"] > 1e-3
+
+
+def test_conjugate_gradient_stops_at_once_on_an_indefinite_operator():
+    # H + damping I with a negative eigenvalue: CG must not spend its budget (each product is costly)
+    h = np.diag([-5.0, 1.0, 2.0, 3.0])
+    with pytest.warns(RuntimeWarning, match="negative curvature"):
+        _, info = conjugate_gradient(lambda v: h @ v, np.ones(4), damping=1.0, maxiter=1000)
+    assert info["negative_curvature"] and not info["converged"] and info["hvps"] <= 5

@@ -85,3 +85,22 @@ def test_tile_is_instance_major_and_leaves_non_batch_entries_alone():
     assert tiled["x"].tolist() == [0, 1, 2, 0, 1, 2]
     assert tiled["y"].shape == (6, 2)
     assert tiled["scalar"] is batch["scalar"] and tiled["name"] == "a"
+
+
+def test_gradient_checkpointing_sees_the_same_masks_in_its_recompute():
+    batch = tiny_batch()
+    grads = {}
+    for checkpointing in (False, True):
+        model = tiny_lora(b_scale=30.0)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        apply_lora_dropout(model, LoraDropoutConfig(dropout_rate=0.4, n_instances=3))
+        n_instance_backward(model, batch, max_instances_per_forward=2)
+        grads[checkpointing] = _grads(model)
+        if checkpointing:
+            with pytest.raises(ValueError, match="gradient checkpointing"):
+                n_instance_loss(model, batch)
+    assert grads[True].keys() == grads[False].keys()
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], msg=name)

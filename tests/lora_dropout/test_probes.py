@@ -187,11 +187,15 @@ def test_a_causal_model_is_refused_by_the_vmap_path():
         per_sample_grad_norms(model, handle, _data(n=4), lam=0.0)
 
 
-def test_hessian_needs_eager_attention():
+def test_probes_switch_to_eager_attention_and_back():
+    # fused (sdpa) attention has no double backward; the probes run eager and restore the model's choice
     model = tiny_lora(r=2)  # sdpa by default
     handle = apply_lora_dropout(model, LoraDropoutConfig(dropout_rate=P))
-    with pytest.raises(ValueError, match="set_attn_implementation"):
-        hessian_hvp(model, handle, _data())
+    assert model.config._attn_implementation == "sdpa"
+    hvp, dim = hessian_hvp(model, handle, _data())
+    v = np.ones(dim)
+    assert np.isfinite(hvp(v)).all()
+    assert model.config._attn_implementation == "sdpa"
 
 
 def _state(model, handle):

@@ -57,9 +57,10 @@ class LogisticLooProblem:
         w = self._theta
         sig = 1 / (1 + np.exp(self.y * (self.x @ w)))
         hess = (self.x.T * (sig * (1 - sig))) @ self.x / self.n + 2 * self.lam_s * np.eye(self.d)
-        g = -self.y[i] * sig[i] * self.x[i]
-        g_reg = g + 2 * self.lam_s * w  # gradient of the regularised per-sample loss
-        step = np.linalg.solve(hess, g_reg) / self.n
+        grads = -(self.y * sig)[:, None] * self.x
+        g = grads[i]
+        # as LoraLooProblem: g_i - g_bar, which at the minimiser is g_i + 2 lam s w
+        step = np.linalg.solve(hess, g - grads.mean(axis=0)) / self.n
         return float(g @ step), float(np.linalg.norm(step))
 
     def exact_change(self, i):
