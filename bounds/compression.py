@@ -120,8 +120,7 @@ def ensemble_compression(
     step = final_step(samples) if step is None else int(step)
     c = choose_loss_range(samples, loss_range, step)
     average = run.config["lora_dropout"]["ensemble_average"]
-    data = run.meta.get("data") or {}
-    n_train = int(data.get("n_train", run.config["train"]["n_train"]))
+    n_train = run.n_train
     p = float(run.config["lora_dropout"]["dropout_rate"])
     try:
         probes = run.table("probes")

@@ -70,7 +70,7 @@ def run_curve_inputs(
     if "p" in names:
         found["p"] = float(run.config["lora_dropout"]["dropout_rate"])
     if "n" in names:
-        found["n"] = int((run.meta.get("data") or {}).get("n_train", run.config["train"]["n_train"]))
+        found["n"] = run.n_train
     if {"r_hat", "loss_range"} & set(names):
         risks = estimate_risks(run.table("samples"), predictor, loss_range=loss_range)
         found.update(r_hat=risks.train.value, loss_range=risks.loss_range.value)

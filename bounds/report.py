@@ -321,10 +321,8 @@ class _Run:
             raise RunLogError(f"{self.dir}/meta.json has no config.{section}.{key}") from None
 
     def _n_train(self) -> tuple[int, str]:
-        data = self.log.meta.get("data") or {}
-        if "n_train" in data:
-            return int(data["n_train"]), "meta.json data.n_train"
-        return int(self._config("train", "n_train")), "meta.json config.train.n_train"
+        where = "data.n_train" if "n_train" in (self.log.meta.get("data") or {}) else "config.train.n_train"
+        return self.log.n_train, f"meta.json {where}"
 
     # --- inputs ------------------------------------------------------------------------------------
 

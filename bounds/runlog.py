@@ -239,6 +239,17 @@ class RunLog:
     def config(self) -> dict[str, Any]:
         return self.meta["config"]
 
+    @property
+    def n_train(self) -> int:
+        """``n`` of the bounds: the training examples the run used (``data.n_train``, else the config's)."""
+        data = self.meta.get("data") or {}
+        if "n_train" in data:
+            return int(data["n_train"])
+        value = (self.config.get("train") or {}).get("n_train")
+        if value is None:
+            raise RunLogError(f"{self.path}/meta.json records neither data.n_train nor config.train.n_train")
+        return int(value)
+
     def has(self, name: str) -> bool:
         return (self.path / TABLES[name].filename).is_file()
 
