@@ -8,7 +8,8 @@ algebra), and assert the paper's empirical claims at the larger scales.
 
 ``quick`` and ``full`` are the profiles of `analysis.reproduce` on the embedded default model and data.
 Studies are cached under ``$LORA_DROPOUT_CACHE`` (default ``~/.cache/lora-dropout``), so notebooks that
-share a scale share its runs (a study resumes, never repeats finished runs).
+share a scale share its runs (a study resumes, never repeats finished runs); ``$LORA_DROPOUT_STUDY``
+points them at an existing study instead (``studies/full`` after ``make figures``).
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def profile_for(scale: str) -> Profile:
 
 
 def study_dir(scale: str) -> Path:
-    return cache_dir() / "studies" / scale
+    """Where a scale's study lives: ``$LORA_DROPOUT_STUDY`` if set (e.g. ``studies/full``, written by
+    ``make figures``, or ``demo-out`` from ``make demo``), else the cache."""
+    override = os.environ.get("LORA_DROPOUT_STUDY")
+    return Path(override) if override else cache_dir() / "studies" / scale
 
 
 @dataclass(frozen=True)
