@@ -90,3 +90,17 @@ def test_corrupted_meta_and_wrong_schema_version_are_rejected(assets, tmp_path):
     meta_path.write_text(meta_path.read_text()[:40])
     with pytest.raises(RunLogError, match="corrupted"):
         validate_run(tmp_path / "r")
+
+
+def test_adalora_trains_through_the_cli(assets, tmp_path):
+    assert main(_args(assets, tmp_path, "ada", "--method", "adalora", "--r", "4", "--target-r", "2")) == 0
+    run = validate_run(tmp_path / "ada", require=("samples", "modules"))
+    assert run.meta["config"]["adapter"]["method"] == "adalora"
+    sites = run.table("modules")["module"].unique()
+    assert len(sites) == 4  # query and value of two layers, masked on P's rows and Q's columns
+
+
+def test_bad_input_is_one_line_naming_it(assets, tmp_path, capsys):
+    assert main(_args(assets, tmp_path, "x", "--text-column", "review")) == 2
+    err = capsys.readouterr().err
+    assert "review" in err and "Traceback" not in err
