@@ -155,21 +155,26 @@ def plot_stability(table: pd.DataFrame, ax=None):
     pos = {label: k for k, label in enumerate(labels)}
     methods = list(dict.fromkeys(table["method"]))
     width = 0.7 / max(len(methods), 1)
+    values = table[["beta_hat", "low", "high"]].to_numpy(dtype=float).ravel()
+    positive = values[np.isfinite(values) & (values > 0)]
+    # a log axis cannot show 0: an interval reaching 0 is drawn down to the axis floor, a decade below the data
+    floor = positive.min() / 10 if positive.size else 1e-6
+    ax.set_yscale("log")
     for k, (method, g) in enumerate(table.groupby("method", sort=False)):
         x = np.array([pos[v] for v in g["label"]]) + (k - (len(methods) - 1) / 2) * width
-        err = np.vstack([g["beta_hat"] - g["low"], g["high"] - g["beta_hat"]]).clip(min=0)
+        err = np.vstack([g["beta_hat"] - g["low"].clip(lower=floor), g["high"] - g["beta_hat"]]).clip(min=0)
         ax.errorbar(x, g["beta_hat"], yerr=err, fmt="o", color=PALETTE(k), label=f"measured ({method})", capsize=3)
     theory = table.drop_duplicates("label")
     finite = theory[np.isfinite(theory["beta_theory"])]
     ax.scatter([pos[v] for v in finite["label"]], finite["beta_theory"], marker="_", s=400, color="black",
                label="Prop. 4.2 beta")
+    ax.set_ylim(bottom=floor)
     vac = theory[~np.isfinite(theory["beta_theory"])]
     if len(vac):
         top = ax.get_ylim()[1]
         ax.scatter([pos[v] for v in vac["label"]], [top] * len(vac), marker="^", color="grey",
-                   label="Prop. 4.2 vacuous")
+                   label="Prop. 4.2 vacuous", clip_on=False)
     ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-    ax.set_yscale("log")
     ax.set_ylabel("pointwise stability")
     ax.legend(frameon=False, fontsize=7)
     return ax

@@ -148,7 +148,8 @@ def bound_vs_p(summary: pd.DataFrame, *, where: Mapping[str, object] | None = No
 def stability(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Measured ``beta_hat`` per method (95% interval from its standard error) and Prop. 4.2's ``beta``.
 
-    Returns ``[label, method, beta_hat, low, high, beta_theory]`` (``beta_theory`` inf where vacuous).
+    Returns ``[label, method, beta_hat, low, high, beta_theory]`` (``beta_theory`` inf where vacuous;
+    ``low`` clipped at 0, since ``beta_hat`` is a mean of absolute loss differences).
     """
     labels = dict(zip(runs["run_id"], label_runs(runs), strict=True))
     rows = []
@@ -157,7 +158,7 @@ def stability(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         theory = quantity(summary[summary["run_id"] == r.run_id], f"bound:prop42[{method}]")["value"]
         half = 1.96 * r.stderr if np.isfinite(r.stderr) else 0.0
         rows.append({"label": f"{labels[r.run_id]} (seed {runs.set_index('run_id').loc[r.run_id, 'seed']})",
-                     "method": method, "beta_hat": r.value, "low": max(r.value - half, 1e-12),
+                     "method": method, "beta_hat": r.value, "low": max(r.value - half, 0.0),
                      "high": r.value + half, "beta_theory": float(theory.iloc[0]) if len(theory) else math.inf})
     return pd.DataFrame(rows, columns=["label", "method", "beta_hat", "low", "high", "beta_theory"])
 

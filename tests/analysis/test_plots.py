@@ -76,6 +76,18 @@ def test_stability_plots_measurements_and_theory():
     np.testing.assert_allclose(theory.get_offsets()[:, 1], [1e-2])
 
 
+def test_stability_interval_reaching_zero_stops_at_the_axis_floor():
+    # k = 4 leave-one-out indices give wide intervals; the lower end is 0, which a log axis cannot show
+    table = pd.DataFrame({"label": ["run A"], "method": ["retrain"], "beta_hat": [0.04], "low": [0.0],
+                          "high": [0.1], "beta_theory": [np.inf]})
+    ax = plots.plot_stability(table)
+    bottom, top = ax.get_ylim()
+    assert bottom == pytest.approx(0.004)  # a decade below the smallest positive value, not 1e-12
+    assert "Prop. 4.2 vacuous" in _legend(ax)
+    vacuous = [c for c in ax.collections if c.get_label() == "Prop. 4.2 vacuous"][0]
+    np.testing.assert_allclose(vacuous.get_offsets()[:, 1], [top])
+
+
 def test_compression_and_jensen_gap():
     table = pd.DataFrame({"n_test": [1, 2, 4], "split": "test", "ensemble_risk": [0.5, 0.45, 0.43],
                           "member_risk": [0.5, 0.5, 0.5], "jensen_gap": [0.0, 0.05, 0.07],
