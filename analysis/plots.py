@@ -166,8 +166,9 @@ def plot_stability(table: pd.DataFrame, ax=None):
         ax.errorbar(x, g["beta_hat"], yerr=err, fmt="o", color=PALETTE(k), label=f"measured ({method})", capsize=3)
     theory = table.drop_duplicates("label")
     finite = theory[np.isfinite(theory["beta_theory"])]
-    ax.scatter([pos[v] for v in finite["label"]], finite["beta_theory"], marker="_", s=400, color="black",
-               label="Prop. 4.2 beta")
+    if len(finite):
+        ax.scatter([pos[v] for v in finite["label"]], finite["beta_theory"], marker="_", s=400, color="black",
+                   label="Prop. 4.2 beta")
     ax.set_ylim(bottom=floor)
     vac = theory[~np.isfinite(theory["beta_theory"])]
     if len(vac):
@@ -176,7 +177,7 @@ def plot_stability(table: pd.DataFrame, ax=None):
                    label="Prop. 4.2 vacuous", clip_on=False)
     ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
     ax.set_ylabel("pointwise stability")
-    ax.legend(frameon=False, fontsize=7)
+    ax.legend(frameon=False, fontsize=7, loc="lower center")  # the estimators sit left and right of centre
     return ax
 
 
