@@ -10,7 +10,7 @@ quick
 full
     The CPU study behind the committed ``figures/``: three seeds, 500 training examples, p in
     {0, 0.1, 0.3, 0.5} at N = 2, N in {1, 2, 4} at p = 0.3, curvature probes on the p panel, and all three
-    stability estimators on the main configuration (seed 0). About two hours on 2 CPU cores.
+    stability estimators on the main configuration (seed 0). About 70 minutes on 2 CPU cores.
 lm
     Instruction tuning (the paper's third setting at toy size): the embedded SmolLM2-135M-Instruct
     (converted from its GGUF wheel) on instruction-formatted Rotten Tomatoes examples, response-only
@@ -91,7 +91,7 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
                      {"curvature": True, "stability_k": 4,
                       "stability_methods": ("influence", "warm_start", "retrain")}))
         n_seeds = seeds or 3
-        description = "full: 3 seeds, n_train 500, p and N grids, probes on the p panel (about two CPU hours)"
+        description = "full: 3 seeds, n_train 500, p and N grids, probes on the p panel (about 70 minutes on 2 CPU cores)"
     elif name == "lm":
         # instruction tuning of the embedded causal LM; batch x length stays near 1k tokens per instance
         base = RunConfig().replace(
