@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -96,14 +97,25 @@ def _friendly(command):
     return run
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's pre-emption, ``kill``) raised as an interrupt, so runs end as after Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
 def _guarded(fn):
-    """Run ``fn``; on Ctrl-C say where the (failed, readable) run is and exit 130."""
+    """Run ``fn``; on Ctrl-C or SIGTERM say where the (failed, readable) run is and exit 128 + signal."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("\ninterrupted: the run is marked failed (interrupted); everything written so far is readable",
               file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

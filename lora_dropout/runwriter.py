@@ -106,7 +106,7 @@ class RunWriter:
             try:
                 self.flush_tables()
             finally:
-                self._finish("failed", "interrupted (KeyboardInterrupt)")
+                self._finish("failed", f"interrupted ({exc_type.__name__})")
         else:
             try:
                 self.flush_tables()
