@@ -6,6 +6,9 @@ Nothing here reaches a model hub unless the user names a hub model and the netwo
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import torch
 
 from .assets import MINILM, asset_file
@@ -26,13 +29,58 @@ def resolve_model(name_or_path: str | None, task: str = "classification") -> str
         return str(default_causal_lm_dir())
     if name_or_path in (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         return str(asset_file(MINILM, "model"))
-    return str(name_or_path)
+    return check_model_source(str(name_or_path))
+
+
+_MODEL_HOW = "--model (TrainConfig.model) takes a local transformers model folder or a hub model name"
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for what can only be a file-system path (a hub name is ``name`` or ``owner/name``)."""
+    return (Path(name).is_absolute() or name.startswith((".", "~")) or name.endswith(("/", "\\"))
+            or name.count("/") > 1 or "\\" in name)
+
+
+def check_model_source(name_or_path: str) -> str:
+    """``name_or_path`` if it can name a model: an existing model folder, or a hub-style name.
+
+    Raises
+    ------
+    FileNotFoundError
+        One line naming the path and what is wrong with it: a path that does not exist, a file, or a
+        folder without ``config.json``.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model {name_or_path!r} is a folder without config.json, so not a "
+                                    f"transformers model; {_MODEL_HOW}")
+        return str(path)
+    if path.exists():
+        raise FileNotFoundError(f"model {name_or_path!r} is a file, not a model folder; {_MODEL_HOW}")
+    if _looks_like_path(name_or_path):
+        raise FileNotFoundError(f"model {name_or_path!r}: no such folder; {_MODEL_HOW}")
+    return name_or_path
+
+
+@contextlib.contextmanager
+def _loading(name_or_path: str):
+    """Turn transformers' failure to find a model (a multi-line OSError) into one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise FileNotFoundError(
+            f"model {name_or_path!r} could not be loaded: {reason.rstrip('.')}; {_MODEL_HOW}") from exc
 
 
 def load_tokenizer(name_or_path: str | None = None, task: str = "classification"):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path, task))
+    path = resolve_model(name_or_path, task)
+    with _loading(path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:  # causal LMs often have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -86,7 +134,8 @@ _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attenti
 def _load(auto_class, path: str, config_kwargs: dict, *, seed, base_dropout, attn_implementation, dtype):
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path, **config_kwargs)
+    with _loading(path):
+        config = AutoConfig.from_pretrained(path, **config_kwargs)
     if base_dropout is not None:
         for key in _DROPOUT_KEYS:
             if hasattr(config, key):

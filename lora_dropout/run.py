@@ -46,8 +46,11 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
     run_id = run_id or new_run_id(config)
     seeds = {stream: derive_seed(tc.seed, stream) for stream in ("init", "order", "masks", "dropout")}
     device = resolve_device(tc.device)
+    # the sizes as resolved against the data (the config may say "auto"): n_train and n_test from the
+    # split itself, and the training examples of the train-risk evaluation
+    data = {**prepared.splits.describe(), "eval_train_size": len(prepared.eval_train)}
     writer = RunWriter(Path(out) / run_id, run_id=run_id, config=config.to_dict(), seeds=seeds,
-                       data=prepared.splits.describe(), device=str(device))
+                       data=data, device=str(device))
     window: list[float] = []  # Eq. 7 losses since the last evaluation
     evaluations = 0
     bar = tqdm(total=n_steps, desc=f"train {run_id}", disable=not progress, unit="step", leave=False)

@@ -11,13 +11,19 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .config import LoraDropoutConfig
 
 DEFAULT_DATA = "rotten_tomatoes"
+
+AUTO = "auto"
+"""Default of the size fields: every available example, up to the field's cap in `SIZE_CAPS`."""
+
+SIZE_CAPS = {"n_train": 500, "n_test": 1000, "eval_train_size": 500}
+"""Caps of the ``auto`` sizes: a small data set is used whole, a large one is subsampled to these."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,9 +70,11 @@ class TrainConfig:
     text_column: str = field(default="text", metadata={"help": "text column of a file or dataset"})
     label_column: str = field(default="label", metadata={"help": "label column of a file or dataset"})
     group_column: str | None = field(default=None, metadata={"help": "group column: no group on both sides"})
-    n_train: int | None = field(default=500, metadata={"help": "training examples (nested prefix of the seeded "
-                                                               "order); none = all"})
-    n_test: int | None = field(default=1000, metadata={"help": "test examples evaluated; none = all"})
+    n_train: int | Literal["auto"] | None = field(default=AUTO, metadata={
+        "help": "training examples (nested prefix of the seeded order); default: all available up to 500; "
+                "none = all; a number above what is available is an error"})
+    n_test: int | Literal["auto"] | None = field(default=AUTO, metadata={
+        "help": "test examples evaluated; default: all available up to 1000; none = all"})
     data_seed: int = field(default=0, metadata={"help": "seed of the train/test split and its order"})
     epochs: int = field(default=3, metadata={"help": "passes over the training set"})
     batch_size: int = field(default=32, metadata={"help": "examples per optimizer step (before tiling by N)"})
@@ -80,8 +88,9 @@ class TrainConfig:
                 "pretrained value"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every k steps; 0 = at the end of each epoch"})
     eval_at_start: bool = field(default=True, metadata={"help": "also evaluate before the first step"})
-    eval_train_size: int | None = field(default=500, metadata={"help": "training examples in the train-risk "
-                                                                       "evaluation; none = all"})
+    eval_train_size: int | Literal["auto"] | None = field(default=AUTO, metadata={
+        "help": "training examples in the train-risk evaluation; default: all training examples up to 500; "
+                "none = all"})
     eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch (before tiling)"})
     samples_every: int = field(default=1, metadata={"help": "write the per-sample loss matrix every k-th "
                                                             "evaluation; 0 = never"})
@@ -95,10 +104,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        for name in ("n_train", "n_test", "eval_train_size"):
+        for name in SIZE_CAPS:
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r} must be None or an integer >= 1")
+            if value is not None and value != AUTO and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be 'auto', None or an integer >= 1")
         for name in ("eval_every", "samples_every", "warmup_steps", "seed", "data_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -115,6 +125,22 @@ class TrainConfig:
             raise ValueError(f"task={self.task!r} must be 'classification' or 'instruction'")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} must be float32, bfloat16 or float16")
+
+    def resolve_size(self, name: str, available: int, what: str) -> int:
+        """The number of examples size field ``name`` asks for, out of ``available`` (``what`` names them).
+
+        ``auto`` (the default) is all available up to ``SIZE_CAPS[name]``, ``None`` all of them; an explicit
+        number above ``available`` is an error naming the field and both numbers, never a silent cap.
+        """
+        value = getattr(self, name)
+        if value == AUTO:
+            return min(SIZE_CAPS[name], available)
+        if value is None:
+            return available
+        if value > available:
+            raise ValueError(f"{name}={value} exceeds the {available} available {what} "
+                             f"(omit it to use all available up to {SIZE_CAPS[name]})")
+        return value
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,15 +44,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_splits(tc: TrainConfig) -> TextSplits:
-    """The data a run trains and tests on (see `lora_dropout.data`)."""
-    common = dict(seed=tc.data_seed, n_train=tc.n_train, n_test=tc.n_test)
+    """The data a run trains and tests on (see `lora_dropout.data`).
+
+    ``n_train`` / ``n_test`` are resolved against the loaded split (`TrainConfig.resolve_size`): the
+    ``auto`` default takes all available examples up to its cap. Loading everything and taking the
+    prefix gives the same examples as loading with that size, since the sizes are nested prefixes of one
+    seeded order.
+    """
+    common = dict(seed=tc.data_seed, n_train=None, n_test=None)
     if tc.data == DEFAULT_DATA:
-        return load_rotten_tomatoes(**common)
-    if tc.data.startswith("hf:"):
-        return load_hf_dataset(tc.data[3:], text_column=tc.text_column, label_column=tc.label_column,
-                               group_column=tc.group_column, **common)
-    return load_text_file(tc.data, text_column=tc.text_column, label_column=tc.label_column,
-                          group_column=tc.group_column, **common)
+        splits = load_rotten_tomatoes(**common)
+    elif tc.data.startswith("hf:"):
+        splits = load_hf_dataset(tc.data[3:], text_column=tc.text_column, label_column=tc.label_column,
+                                 group_column=tc.group_column, **common)
+    else:
+        splits = load_text_file(tc.data, text_column=tc.text_column, label_column=tc.label_column,
+                                group_column=tc.group_column, **common)
+    n_train = tc.resolve_size("n_train", len(splits.train), "train examples")
+    n_test = tc.resolve_size("n_test", len(splits.test), "test examples")
+    if (n_train, n_test) == (len(splits.train), len(splits.test)):
+        return splits
+    return TextSplits(train=splits.train.iloc[:n_train].reset_index(drop=True),
+                      test=splits.test.iloc[:n_test].reset_index(drop=True),
+                      label_names=splits.label_names, source=splits.source)
 
 
 @dataclass
@@ -74,16 +88,16 @@ def prepare(tc: TrainConfig) -> Prepared:
     (`lora_dropout.instruct.instruction_splits`), which the evaluation scores like class labels.
     """
     splits = load_splits(tc)
+    # resolved before any tokenising, so a bad size fails at once
+    k = tc.resolve_size("eval_train_size", len(splits.train), "training examples")
     tokenizer = load_tokenizer(tc.model, tc.task)
     if tc.task == "instruction":
         from .instruct import instruction_splits
 
         train, train_items, test = instruction_splits(splits, tokenizer, max_length=tc.max_length)
-        k = len(train) if tc.eval_train_size is None else min(tc.eval_train_size, len(train))
         return Prepared(splits, train, test, train_items.subset(range(k)), tokenizer)
     train = encode_split(splits.train, tokenizer, tc.max_length)
     test = encode_split(splits.test, tokenizer, tc.max_length)
-    k = len(train) if tc.eval_train_size is None else min(tc.eval_train_size, len(train))
     return Prepared(splits, train, test, train.subset(range(k)), tokenizer)
 
 

@@ -107,3 +107,81 @@ def test_bad_input_is_one_line_naming_it(assets, tmp_path, capsys):
     assert main(_args(assets, tmp_path, "x", "--text-column", "review")) == 2
     err = capsys.readouterr().err
     assert "review" in err and "Traceback" not in err
+
+
+def _small_csv(path, n=30):
+    """A data set far smaller than the size defaults, under the column names of a user's file."""
+    frame = pd.read_csv(write_tiny_csv(path, n=n)).rename(columns={"text": "body", "label": "topic"})
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _default_size_args(assets, data, out, run_id, *extra):
+    # no --n-train, --n-test or --eval-train-size: the defaults must fit the data
+    return ["train", "--model", assets["model"], "--data", str(data), "--text-column", "body", "--label-column",
+            "topic", "--epochs", "1", "--out", str(out), "--run-id", run_id, "--quiet", *extra]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_default_sizes_take_what_a_small_data_set_has(assets, tmp_path, capsys):
+    data = _small_csv(tmp_path / "my.csv")
+    assert main(_default_size_args(assets, data, tmp_path, "small")) == 0
+    run = validate_run(tmp_path / "small", require=("samples",))
+    # 30 rows, test_fraction 0.2: every example is used, and meta.json records the resolved counts
+    assert (run.meta["data"]["n_train"], run.meta["data"]["n_test"], run.meta["data"]["eval_train_size"]) == (
+        24, 6, 24)
+    assert run.meta["config"]["train"]["n_test"] == "auto"  # the config as given (the study keys on it)
+    samples = run.table("samples")
+    last = samples[samples.step == samples.step.max()]
+    assert last[last.split == "test"].sample_id.nunique() == 6
+    assert last[last.split == "train"].sample_id.nunique() == 24
+    # collected tables carry the n the run used, not the word "auto" (a column that can mix with numbers)
+    from analysis.collect import collect
+
+    assert collect([tmp_path / "small"]).runs["n_train"].tolist() == [24]
+
+
+@pytest.mark.parametrize("flag, value, available", [("n_test", "7", "6 available test"),
+                                                     ("n_train", "25", "24 available train"),
+                                                     ("eval_train_size", "25", "24 available training")])
+def test_an_explicit_size_above_what_is_available_is_a_one_line_error(assets, tmp_path, capsys, flag, value,
+                                                                      available):
+    data = _small_csv(tmp_path / "my.csv")
+    assert main(_default_size_args(assets, data, tmp_path, "big", f"--{flag.replace('_', '-')}", value)) == 2
+    err = _one_line_error(capsys)
+    assert f"{flag}={value} exceeds the {available}" in err
+    assert not (tmp_path / "big").exists()
+
+
+@pytest.mark.parametrize("kind, problem", [
+    ("missing", "no such folder"),
+    ("empty-folder", "without config.json"),
+    ("hub-name", "could not be loaded"),
+])
+def test_a_model_that_cannot_be_loaded_is_a_one_line_error_naming_the_flag(assets, tmp_path, capsys, kind,
+                                                                           problem):
+    model = {"missing": str(tmp_path / "no" / "such" / "dir"), "empty-folder": str(tmp_path),
+             "hub-name": "no-such-owner/no-such-model"}[kind]  # offline (conftest): the hub is not asked
+    args = ["train", "--model", model, "--data", assets["data"], "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(args) == 2
+    err = _one_line_error(capsys)
+    assert "--model" in err and repr(model) in err and problem in err
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", "is empty"),
+    (b"body,topic\n", "has a header (body, topic) but no rows"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff", "is not UTF-8 text"),
+], ids=["zero-bytes", "header-only", "binary"])
+def test_an_empty_or_unreadable_data_file_is_a_one_line_error_naming_it(assets, tmp_path, capsys, content,
+                                                                        problem):
+    data = tmp_path / "my.csv"
+    data.write_bytes(content)
+    assert main(_default_size_args(assets, data, tmp_path, "bad")) == 2
+    err = _one_line_error(capsys)
+    assert str(data) in err and problem in err

@@ -65,3 +65,24 @@ def test_dict_round_trip_and_unknown_keys():
     assert LoraDropoutConfig.from_dict(data) == cfg
     with pytest.raises(ValueError, match="dropuot_rate"):
         LoraDropoutConfig.from_dict({**data, "dropuot_rate": 0.1})
+
+
+def test_run_sizes_default_to_what_is_available_up_to_a_cap():
+    from lora_dropout.runconfig import SIZE_CAPS, RunConfig, TrainConfig
+
+    tc = TrainConfig()
+    assert (tc.n_train, tc.n_test, tc.eval_train_size) == ("auto", "auto", "auto")
+    assert SIZE_CAPS == {"n_train": 500, "n_test": 1000, "eval_train_size": 500}
+    # the default: all available up to the cap
+    assert tc.resolve_size("n_test", 421, "test examples") == 421
+    assert tc.resolve_size("n_test", 2556, "test examples") == 1000
+    assert tc.resolve_size("n_train", 10196, "train examples") == 500
+    # None: all; an explicit number: exactly that, and above what is available an error naming it
+    assert TrainConfig(n_test=None).resolve_size("n_test", 2556, "test examples") == 2556
+    assert TrainConfig(n_test=1000).resolve_size("n_test", 2556, "test examples") == 1000
+    with pytest.raises(ValueError, match="n_test=1000 exceeds the 421 available test examples"):
+        TrainConfig(n_test=1000).resolve_size("n_test", 421, "test examples")
+    with pytest.raises(ValueError, match="n_train='all' must be 'auto', None or an integer >= 1"):
+        TrainConfig(n_train="all")
+    # "auto" survives the meta.json round trip, so a reloaded run resolves the same sizes
+    assert RunConfig.from_dict(json.loads(json.dumps(RunConfig().to_dict()))).train.n_test == "auto"

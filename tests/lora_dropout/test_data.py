@@ -1,5 +1,6 @@
 """Tests of lora_dropout.data: the embedded Rotten Tomatoes split, file and HF loaders, bad inputs."""
 
+import bz2
 import gzip
 import json
 
@@ -294,6 +295,26 @@ def test_n_train_too_large(toy_csv):
         load_text_file(toy_csv, n_test=0)
 
 
+def test_run_sizes_resolve_against_the_file(toy_csv, monkeypatch):
+    # TrainConfig's sizes: "auto" = all available up to a cap, None = all, a number = exactly that
+    from lora_dropout import runconfig
+    from lora_dropout.train import load_splits
+
+    full = load_text_file(toy_csv)
+    assert (len(full.train), len(full.test)) == (48, 12)
+    monkeypatch.setitem(runconfig.SIZE_CAPS, "n_train", 20)  # caps below what the file has ...
+    monkeypatch.setitem(runconfig.SIZE_CAPS, "n_test", 100)  # ... and above it
+    for sizes, (n_train, n_test) in (({}, (20, 12)), ({"n_train": 30, "n_test": None}, (30, 12)),
+                                     ({"n_train": None, "n_test": 5}, (48, 5))):
+        got = load_splits(runconfig.TrainConfig(data=str(toy_csv), **sizes))
+        # the same nested prefixes of the seeded order as the loader's own sizes
+        want = load_text_file(toy_csv, n_train=n_train, n_test=n_test)
+        pd.testing.assert_frame_equal(got.train, want.train)
+        pd.testing.assert_frame_equal(got.test, want.test)
+    with pytest.raises(ValueError, match="n_test=13 exceeds the 12 available test examples"):
+        load_splits(runconfig.TrainConfig(data=str(toy_csv), n_test=13))
+
+
 def test_default_n_train_too_large():
     with pytest.raises(ValueError, match="n_train=20000 exceeds the 10196 available"):
         load_rotten_tomatoes(n_train=20_000)
@@ -304,6 +325,23 @@ def test_unsupported_suffix(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match="path: unsupported file type 'data.parquet'"):
         load_text_file(path)
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("zero.csv", b"", "is empty: no header and no rows"),
+    ("header.csv", b"text,label\n", r"has a header \(text, label\) but no rows"),
+    ("zero.jsonl", b"", "has no rows"),
+    ("binary.csv", b"\x89PNG\r\n\x1a\n\x00\xff", "is not UTF-8 text"),
+    ("quote.csv", b'text,label\n"never closed,pos\n', "cannot be read as CSV: ParserError"),
+    ("broken.jsonl", b'{"text": "a", "label"\n', "cannot be read as JSONL"),
+    ("cut.csv.bz2", bz2.compress(b"text,label\n" + b"a,pos\n" * 50)[:30], "cannot be read as CSV"),
+], ids=["zero-bytes", "header-only", "empty-jsonl", "binary", "unclosed-quote", "broken-json", "cut-bz2"])
+def test_an_empty_or_unreadable_file_is_one_line_naming_it(tmp_path, name, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=problem) as info:
+        load_text_file(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def valid_frame(ids, labels):
