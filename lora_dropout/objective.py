@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from . import peft_seam
 from .apply import LoraDropout, get_lora_dropout
@@ -126,6 +127,18 @@ def _instance_losses(model, handle, batch, *, first, count, step, epoch, loss_fn
         yield fn(outputs, tile({"labels": labels}, count, b)["labels"]).view(count, b)
 
 
+def mean_loss(per: torch.Tensor) -> torch.Tensor:
+    """Mean of per-example losses, summed in the order of torch's own ``cross_entropy(reduction="mean")``.
+
+    ``per.mean()`` or ``per.sum() / per.numel()`` add the same values in another order than torch's NLL
+    kernel, so the loss could differ from transformers' own mean loss in the last bit; reducing through
+    that kernel (``-nll_loss`` of ``per`` as a one-class input) makes dropout rate 0 with one instance
+    report plain LoRA's loss bit for bit. The gradient, ``1 / numel`` per element, is the same either way.
+    """
+    flat = per.reshape(-1, 1)
+    return -F.nll_loss(flat, torch.zeros(flat.shape[0], dtype=torch.long, device=per.device))
+
+
 def gradient_checkpointing(model: torch.nn.Module) -> bool:
     """Whether any submodule recomputes its forward pass during backward (transformers' flag)."""
     return any(getattr(m, "gradient_checkpointing", False) is True for m in unwrap(model).modules())
@@ -166,7 +179,7 @@ def n_instance_loss(
     with _instance_losses(model, handle, batch, first=0, count=n, step=step, epoch=epoch, loss_fn=loss_fn,
                           labels_key=labels_key) as per:
         pass
-    loss = per.mean()
+    loss = mean_loss(per)
     reg = peft_seam.adalora_orth_reg(unwrap(model))
     if reg is not None:
         loss = loss + reg
@@ -202,7 +215,7 @@ def n_instance_backward(
     for first, count in instance_chunks(n, cap):
         with _instance_losses(model, handle, batch, first=first, count=count, step=step, epoch=epoch,
                               loss_fn=loss_fn, labels_key=labels_key) as per:
-            chunk = per.sum() / per.numel() * (count / n)
+            chunk = mean_loss(per) * (count / n)
             if reg is not None and first == 0:
                 chunk = chunk + reg
             backward(chunk * loss_scale)  # inside: a checkpointed recompute sees the same masks

@@ -1,0 +1,30 @@
+"""The worked examples in the docstrings of `bounds` are tests: every module that has one runs here.
+
+The modules are discovered from the sources (any ``>>>``), so a new module's examples cannot be left
+out; `bounds.formulas` carries the golden values of theory.md and must be among them.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+
+import bounds
+
+BOUNDS_DIR = Path(bounds.__file__).parent
+WITH_EXAMPLES = sorted(p.stem for p in BOUNDS_DIR.glob("*.py") if ">>>" in p.read_text(encoding="utf-8"))
+
+
+def test_formulas_is_among_the_modules_with_examples():
+    assert "formulas" in WITH_EXAMPLES
+
+
+@pytest.mark.parametrize("name", WITH_EXAMPLES)
+def test_docstring_examples_pass(name):
+    module = importlib.import_module(f"bounds.{name}")
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False, report=False)
+    assert result.attempted > 0, f"bounds.{name} has '>>>' but doctest found no example"
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in bounds.{name} failed"
