@@ -53,6 +53,7 @@ __all__ = [
     "per_sample_jensen_gap_table",
     "per_sample_perturbation",
     "predictor_losses",
+    "probe_convergence",
     "probe_lam",
     "probe_quantity",
     "risks_of",
@@ -406,6 +407,21 @@ def probe_quantity(probes: pd.DataFrame, quantity: str, space: str = "delta_w", 
     source = (f"probes.parquet quantity={quantity} space={space} "
               f"(iterations={int(r['iterations'])}, n={int(r['n'])}{lam})")
     return Quantity(name or quantity, float(r["value"]), source, stderr=stderr, n=int(r["n"]))
+
+
+def probe_convergence(probes: pd.DataFrame, quantity: str, space: str) -> tuple[bool | None, float]:
+    """``(converged, residual)`` of a probe row: did Lanczos reach its tolerance, and its residual.
+
+    ``converged`` is None when the table does not record it (a ``probes.parquet`` written before the
+    ``converged`` column) or the row is absent; ``residual`` is NaN where not recorded.
+    """
+    row = probes[(probes["quantity"] == quantity) & (probes["space"] == space)]
+    if row.empty:
+        return None, math.nan
+    residual = float(row["residual"].iloc[0]) if pd.notna(row["residual"].iloc[0]) else math.nan
+    if "converged" not in row or pd.isna(row["converged"].iloc[0]):
+        return None, residual
+    return bool(row["converged"].iloc[0]), residual
 
 
 def probe_lam(probes: pd.DataFrame, quantity: str, space: str) -> float:

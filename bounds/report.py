@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -46,6 +46,7 @@ from .estimators import (
     final_step,
     loss_matrix,
     predictor_losses,
+    probe_convergence,
     probe_lam,
     probe_quantity,
     risks_of,
@@ -62,7 +63,7 @@ from .formulas import (
     theorem44_bound,
     uniform_stability_bound,
 )
-from .runlog import BOUND_PREDICTORS, RunLog, RunLogError, jsonable, read_run
+from .runlog import BOUND_PREDICTORS, PARAM_DISTANCE_SPACE, RunLog, RunLogError, jsonable, read_run
 
 __all__ = [
     "CLOSENESS_THRESHOLD",
@@ -356,14 +357,37 @@ class _Run:
     def probes(self) -> pd.DataFrame:
         return self.log.table("probes")
 
+    def lipschitz_coverage_text(self, probed: int) -> str:
+        """``eta: max over 128 of n=500 training examples (subset)`` (or ``(all)``)."""
+        what = "max" if self.lipschitz_quantity == "lipschitz_max" else "99% quantile"
+        subset = "subset" if probed < self.n else "all"
+        return f"eta: {what} over {probed} of n={self.n} training examples ({subset})"
+
     @cached_property
     def lipschitz(self) -> Quantity:
-        return probe_quantity(self.probes, self.lipschitz_quantity, self.space, name="lipschitz",
-                              run_dir=self.dir)
+        q = probe_quantity(self.probes, self.lipschitz_quantity, self.space, name="lipschitz", run_dir=self.dir)
+        if q.n is not None and q.n < self.n:
+            q = replace(q, note=self.lipschitz_coverage_text(q.n)
+                        + ": can only under-estimate the value over all n the bound needs")
+        return q
 
     @cached_property
     def hessian_min_eig(self) -> Quantity:
-        return probe_quantity(self.probes, "hessian_min_eig", self.space, run_dir=self.dir)
+        q = probe_quantity(self.probes, "hessian_min_eig", self.space, run_dir=self.dir)
+        notes = []
+        if q.n is not None and q.n < self.n:
+            notes.append(f"Hessian of the mean loss over {q.n} of n={self.n} training examples (subset)")
+        converged, residual = probe_convergence(self.probes, "hessian_min_eig", self.space)
+        if converged is not True:
+            notes.append(self._unconverged_text(converged, residual)
+                         + ": not a measured eigenvalue (an unconverged estimate of Lambda_min)")
+        return replace(q, note="; ".join(notes)) if notes else q
+
+    @staticmethod
+    def _unconverged_text(converged: bool | None, residual: float) -> str:
+        if converged is None:
+            return "probes.parquet does not record whether Lanczos converged (rerun lora-dropout probe)"
+        return f"Lanczos did not converge (residual ||H v - Lambda v|| = {_str_number(residual)})"
 
     @cached_property
     def stability(self) -> pd.DataFrame:
@@ -405,19 +429,45 @@ class _Run:
                           "C is the observed maximum loss (heuristic): cross-entropy is unbounded, so no "
                           "C holds for unseen examples; pass loss_range to clip (rigorous)")
 
+    def lambda_min_unmeasured(self) -> str:
+        """Why ``Lambda_min`` is not a measurement (Lanczos did not converge, or not recorded); "" if it is."""
+        converged, residual = probe_convergence(self.probes, "hessian_min_eig", self.space)
+        return "" if converged is True else self._unconverged_text(converged, residual)
+
     def psd(self) -> Assumption:
         h = self.hessian_min_eig.value
-        return Assumption("psd_hessian", h, 0.0, h > 0,
-                          f"Lambda_min = {h:.6g} ({self.space}) must be > 0 for Prop. 4.2's PSD premise")
+        why = self.lambda_min_unmeasured()
+        if why:
+            return Assumption("psd_hessian", h, 0.0, None,
+                              f"not measured: {why}; Lambda_min = {h:.6g} ({self.space}) is not an eigenvalue, "
+                              "so Prop. 4.2's PSD premise (Lambda_min >= 0) is neither held nor failed")
+        return Assumption("psd_hessian", h, 0.0, h >= 0,
+                          f"Lambda_min = {h:.6g} ({self.space}) must be >= 0 for Prop. 4.2's PSD premise")
 
     def denominator(self) -> Assumption:
         h = self.hessian_min_eig.value
         d = h + 2.0 * self.lam * sparsity(self.p)
         approximate = ("; in factors space the regulariser's Hessian is not 2 lam s I, so D is approximate"
                        if self.space == "factors" else "")
-        return Assumption("positive_denominator", d, 0.0, d > 0,
-                          f"D = Lambda_min + 2 lam s = {h:.6g} + 2*{self.lam:g}*{sparsity(self.p):.6g}"
-                          + approximate)
+        why = self.lambda_min_unmeasured()
+        detail = (f"D = Lambda_min + 2 lam s = {h:.6g} + 2*{self.lam:g}*{sparsity(self.p):.6g}" + approximate
+                  + (f"; not measured: {why}" if why else ""))
+        return Assumption("positive_denominator", d, 0.0, None if why else d > 0, detail)
+
+    def lipschitz_coverage(self) -> Assumption:
+        """``eta`` as a max over every training example, or over the probed subset only."""
+        def measure() -> Assumption:
+            probed = self.lipschitz.n
+            if probed is None:
+                raise RunLogError("probes.parquet records no n for the Lipschitz row")
+            text = self.lipschitz_coverage_text(probed)
+            if probed >= self.n:
+                return Assumption("lipschitz_coverage", probed, self.n, True, text)
+            return Assumption("lipschitz_coverage", probed, self.n, None,
+                              f"{text}: a maximum over a subset can only under-estimate the one over all n "
+                              "the bound needs (probe with --lipschitz-examples unset for all)")
+
+        return _measured("lipschitz_coverage", measure)
 
     def stationarity(self) -> Assumption:
         def measure() -> Assumption:
@@ -473,7 +523,8 @@ class _Run:
 
     def probe_premises(self) -> list[Assumption]:
         """The premises of Prop. 4.2 measured by the probes."""
-        return [self.psd(), self.denominator(), self.stationarity(), self.lipschitz_lam()]
+        return [self.psd(), self.denominator(), self.stationarity(), self.lipschitz_lam(),
+                self.lipschitz_coverage()]
 
     def theorem44_premises(self) -> list[Assumption]:
         """Prop. 4.2's premises and its conclusion (beta_hat <= beta), which Thm 4.4 substitutes."""
@@ -538,21 +589,24 @@ def _beta_1(run: _Run, st: StabilityEstimate) -> Quantity:
     under each ``theta(S^i)``; stability.parquet has only the removed example's. With an
     ``eta``-Lipschitz loss in the parameters, ``|loss_j(theta') - loss_j(theta)| <= eta ||theta' - theta||``,
     so ``beta_1 <= eta * mean_i ||theta(S^i) - theta(S)||``: derivable only when ``eta`` and
-    ``param_distance`` are in the same space, the LoRA factors.
+    ``param_distance`` are in the same parameter space. ``param_distance`` is measured on the merged
+    updates (`bounds.runlog.PARAM_DISTANCE_SPACE`, ``delta_w``), so ``eta`` must be the ``delta_w`` probe.
     """
-    if run.space != "factors":
+    if run.space != PARAM_DISTANCE_SPACE:
         raise ValueError(
             "form='corrected' needs beta_1 = mean over removed i of mean_j |loss_j(theta(S^i)) - "
             "loss_j(theta(S))|, which stability.parquet does not record (only the removed example's own "
-            "loss); it is bounded by eta * mean ||theta(S^i) - theta(S)|| only with space='factors', "
-            "where eta and param_distance share a parameter space")
+            "loss); it is bounded by eta * mean ||theta(S^i) - theta(S)|| only when both are in one parameter "
+            f"space, but eta is in space={run.space!r} and stability.parquet's param_distance in "
+            f"space={PARAM_DISTANCE_SPACE!r}: use space={PARAM_DISTANCE_SPACE!r}")
     if math.isnan(st.param_distance_mean):
-        raise ValueError(f"form='corrected' with space='factors' needs param_distance in stability.parquet "
+        raise ValueError(f"form='corrected' needs param_distance in stability.parquet "
                          f"(method={st.method} records none)")
     return Quantity("stability_1", run.lipschitz.value * st.param_distance_mean,
-                    f"eta ({run.lipschitz_quantity}, factors) * mean_i param_distance ({st.method})",
-                    note="Lipschitz upper plug-in for beta_1; assumes probes' factor space and "
-                         "param_distance cover the same parameters")
+                    f"eta ({run.lipschitz_quantity}, {run.space}) * mean_i param_distance ({st.method}, "
+                    f"{PARAM_DISTANCE_SPACE}, k={st.beta_hat.n})",
+                    note="Lipschitz upper plug-in for beta_1 (eta measured at theta(S), used along the segment "
+                         "to theta(S^i)); both cover the adapted modules' dW only, the head is held fixed")
 
 
 def _lemma43_report(run: _Run, form: Lemma43Form) -> BoundReport:

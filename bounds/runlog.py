@@ -45,6 +45,10 @@ PREDICTORS = ("deterministic", "member_mean", "ensemble")
 SAMPLE_PREDICTORS = ("member", "deterministic", "ensemble", "full")
 #: Predictors whose risks a bound can be evaluated on (``full`` by default: the theory's hypothesis).
 BOUND_PREDICTORS = ("full", "deterministic", "member_mean", "ensemble")
+#: Parameter space of ``stability.parquet``'s ``param_distance`` (every method): the merged updates
+#: ``dW_k`` of the adapted modules, the ``delta_w`` space of the probes. A bound that combines it with a
+#: probe (``eta * param_distance``) must take the probe in this space.
+PARAM_DISTANCE_SPACE = "delta_w"
 
 META_FIELDS = {
     "schema_version": "int: SCHEMA_VERSION of the writer",
@@ -196,7 +200,12 @@ TABLES: dict[str, Table] = {
                 C("iterations", "int", "Lanczos iterations or samples used"),
                 C("residual", "float", "Lanczos residual ||H v - lambda v|| (NaN where not applicable)",
                   nullable=True),
-                C("n", "int", "training examples the probe used"),
+                C("converged", "bool", "hessian_* rows: Lanczos reached its tolerance (False: the value is the "
+                                       "best unconverged estimate, the bounds treat it as not measured); True "
+                                       "on the other rows, which are computed exactly"),
+                C("n", "int", "training examples the probe was measured on (lipschitz_*: the examples the "
+                              "max / quantile / mean is over, fewer than the run's n_train when a subset "
+                              "was probed; hessian_*: those whose mean loss's Hessian was taken)"),
                 C("lam", "float", "regularisation strength of the regularised loss", nullable=True),
             ),
             key=("quantity", "space"),
@@ -212,7 +221,9 @@ TABLES: dict[str, Table] = {
                   finite=True),
                 C("loss_si", "float", "loss of the example under theta(S^i), unmasked model", finite=True),
                 C("param_distance", "float", "sqrt(sum_k ||dW_k(S^i) - dW_k(S)||_F^2): distance of the merged "
-                                             "updates", nullable=True),
+                                             "updates, in the delta_w space of the probes (PARAM_DISTANCE_SPACE; "
+                                             "the classification head's change is not included)",
+                  nullable=True),
                 C("wall_s", "float", "seconds this estimate took"),
             ),
             key=("sample_id", "method"),
@@ -352,6 +363,12 @@ def _check_table(spec: Table, frame: pd.DataFrame) -> list[str]:
             bad = ~np.isfinite(numeric)
             if bad.any():
                 problems.append(f"{spec.filename}: column {col.name} has {int(bad.sum())} non-finite values")
+        if col.kind == "bool" and not pd.api.types.is_bool_dtype(values):
+            present = values.dropna()
+            flags = present.map(lambda v: isinstance(v, (bool, np.bool_)))
+            if not flags.all():
+                problems.append(f"{spec.filename}: column {col.name} must be boolean, got "
+                                f"{present[~flags].head(3).tolist()}")
     if len(frame) and frame.duplicated(list(spec.key)).any():
         dup = frame[frame.duplicated(list(spec.key), keep=False)].head(1)[list(spec.key)].to_dict("records")[0]
         problems.append(f"{spec.filename}: duplicate key {spec.key} = {dup}")

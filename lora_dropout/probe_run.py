@@ -31,6 +31,7 @@ def probe_run(
     methods: tuple[str, ...] = METHODS,
     lam: float = 1.0,
     probe_examples: int | None = 128,
+    lipschitz_examples: int | None = None,
     tol: float = 1e-3,
     warm_epochs: int = 1,
     seed: int = 0,
@@ -44,8 +45,13 @@ def probe_run(
     curvature : Lipschitz constants, Hessian extremes (Lanczos) and stationarity, per space.
     stability_k : leave-one-out indices (0 = none), drawn with ``seed`` from the training set.
     methods : stability estimators among ``retrain``, ``warm_start``, ``influence``.
-    probe_examples : the first k training examples (of the seeded order) the curvature probes and the
-        influence Hessian use; None = all. The Hessian of the mean loss is estimated on this subset.
+    probe_examples : the first k training examples (of the seeded order) the Hessian probes (Lanczos)
+        and the influence Hessian use; None = all. The Hessian of the mean loss is estimated on this
+        subset.
+    lipschitz_examples : the first k training examples the Lipschitz and stationarity probes use;
+        None (default) = all ``n``, so ``eta`` is the maximum over every training example, as the
+        bound needs (one per-sample-gradient pass). A subset is recorded in probes.parquet's ``n`` and
+        labelled so in the bound reports.
     """
     loaded = load_run(run_dir, device=device)
     if loaded.config.train.task != "classification":
@@ -60,10 +66,13 @@ def probe_run(
         )
     train = loaded.prepared.train
     data = train if probe_examples is None else train.subset(range(min(probe_examples, len(train))))
+    lipschitz_data = (train if lipschitz_examples is None
+                      else train.subset(range(min(lipschitz_examples, len(train)))))
     probes_path = stability_path = None
     skipped: dict[str, str] = {}
     if curvature:
-        frame = run_probes(loaded.model, loaded.handle, data, lam=lam, spaces=spaces, tol=tol)
+        frame = run_probes(loaded.model, loaded.handle, lipschitz_data, lam=lam, spaces=spaces, tol=tol,
+                           hessian_data=data)
         probes_path = write_table(run_dir, "probes", frame)
     if stability_k:
         problem = LoraLooProblem(loaded, lam=lam, warm_epochs=warm_epochs, probe_data=data)

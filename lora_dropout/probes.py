@@ -250,12 +250,35 @@ def _additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
     )[:, None, None, :]
 
 
+#: How `_vmap_grads` hands each example its padding mask: ``additive`` (a prepared 4-D additive mask,
+#: for models that build theirs with transformers' data-dependent mask utilities, e.g. BERT) or
+#: ``binary`` (the 0/1 ``(1, T)`` mask as the tokenizer gives it, for models that build their own mask
+#: with tensor ops and read it as a boolean, e.g. DeBERTa-v2/v3, which would mask every token with an
+#: additive one). `per_sample_grad_norms` uses the first that reproduces the batched forward.
+MASK_FORMATS = ("additive", "binary")
+
+
+class _PerExampleMismatch(RuntimeError):
+    """The per-example forwards of `_vmap_grads` disagree with the batched forward."""
+
+
 def _vmap_grads(
-    space: ParamSpace, theta: torch.Tensor, batch: Mapping[str, torch.Tensor], lam: float
+    space: ParamSpace,
+    theta: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    lam: float,
+    mask_format: str = "additive",
 ) -> torch.Tensor:
-    """Per-example gradients of the regularised loss, ``(B, dim)``, one ``vmap(grad)`` over the batch."""
+    """Per-example gradients of the regularised loss, ``(B, dim)``, one ``vmap(grad)`` over the batch.
+
+    Raises `_PerExampleMismatch` when the per-example losses differ from the batched forward's (the
+    model reads ``mask_format`` differently, or builds a non-padding mask).
+    """
     inputs, labels, _, _ = split_batch(batch)
-    inputs = {**inputs, "attention_mask": _additive_mask(inputs["attention_mask"], theta.dtype)}
+    if mask_format == "additive":
+        inputs = {**inputs, "attention_mask": _additive_mask(inputs["attention_mask"], theta.dtype)}
+    elif mask_format != "binary":
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
 
     def one(flat, row, label):
         single = {k: v.unsqueeze(0) for k, v in row.items()}  # a batch of one, padded like its batch
@@ -269,13 +292,38 @@ def _vmap_grads(
         batched = space.regularised_losses(theta, batch, lam)
     tol = torch.finfo(theta.dtype).eps ** 0.5
     if not torch.allclose(values, batched, rtol=tol, atol=tol):
-        raise RuntimeError(
-            "per-example forwards with a prepared padding mask disagree with the batched forward "
-            f"(max |diff| {float((values - batched).abs().max()):.3g}): the model builds a non-padding (e.g. "
-            "causal) attention mask, which per_sample_grad_norms does not support; use "
-            "per_sample_grad_norms_loop"
+        raise _PerExampleMismatch(
+            f"per-example forwards with a {mask_format} padding mask disagree with the batched forward "
+            f"(max |diff| {float((values - batched).abs().max()):.3g})"
         )
     return grads
+
+
+def _per_example_grads(
+    space: ParamSpace, theta: torch.Tensor, batch: Mapping[str, torch.Tensor], lam: float, formats: list[str]
+) -> torch.Tensor:
+    """`_vmap_grads` with the first mask format in ``formats`` that reproduces the batched forward.
+
+    ``formats`` is reordered in place (the working format first), so later batches try it first.
+    """
+    failures = []
+    for fmt in list(formats):
+        try:
+            grads = _vmap_grads(space, theta, batch, lam, fmt)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # a mismatch, or vmap refusing data-dependent control flow
+            failures.append(f"{fmt}: {str(exc).splitlines()[0]}")
+            continue
+        formats.remove(fmt)
+        formats.insert(0, fmt)
+        return grads
+    raise RuntimeError(
+        "per-example forwards disagree with the batched forward with every padding-mask format ("
+        + "; ".join(failures)
+        + "): the model builds an attention mask from its inputs in a way none of MASK_FORMATS reproduces "
+        "per example, which per_sample_grad_norms does not support; use per_sample_grad_norms_loop"
+    )
 
 
 def per_sample_grad_norms(
@@ -291,9 +339,10 @@ def per_sample_grad_norms(
 
     The Lipschitz constant ``eta`` of Prop. 4.2 is their maximum (theory.md section 3). Computed with
     ``torch.func.vmap(torch.func.grad(...))`` over the examples of each padded batch; each example runs
-    as a batch of one at its batch's padded length with a prepared additive padding mask, and the
-    per-example losses are checked against the ordinary batched forward (bidirectional encoders only:
-    a causal model fails that check with a RuntimeError).
+    as a batch of one at its batch's padded length with its padding mask in the first of `MASK_FORMATS`
+    whose per-example losses reproduce the ordinary batched forward (a prepared additive mask for BERT
+    and the like, the 0/1 mask for DeBERTa-v2/v3 and for causal classifiers such as LLaMA, which then
+    build their causal mask themselves); a model that no format reproduces raises a RuntimeError.
 
     Returns
     -------
@@ -304,9 +353,10 @@ def per_sample_grad_norms(
     theta = ps.flat()
     # batches of similar lengths: every example costs its batch's padded length under vmap
     order = np.argsort([len(f["input_ids"]) for f in data.features], kind="stable")
+    formats = list(MASK_FORMATS)
     with ps.active():
         norms = [
-            torch.linalg.vector_norm(_vmap_grads(ps, theta, b, lam), dim=1)
+            torch.linalg.vector_norm(_per_example_grads(ps, theta, b, lam, formats), dim=1)
             for b in data.batches(batch_size, order=order, device=theta.device)
         ]
     out = np.empty(len(data))
@@ -412,6 +462,7 @@ def _row(
     iterations: int,
     stderr: float = np.nan,
     residual: float = np.nan,
+    converged: bool = True,
     lam: float = np.nan,
 ) -> dict:
     return {
@@ -421,6 +472,7 @@ def _row(
         "stderr": float(stderr),
         "iterations": int(iterations),
         "residual": float(residual),
+        "converged": bool(converged),
         "n": n,
         "lam": float(lam),
     }
@@ -436,22 +488,31 @@ def run_probes(
     tol: float = 1e-3,
     maxiter: int | None = None,
     batch_size: int = 16,
+    hessian_data: EncodedSplit | None = None,
 ) -> pd.DataFrame:
     """All probes at ``theta(S)`` on the training set ``data``, as the run log's ``probes`` table.
 
     Per space: ``lipschitz_max`` (``eta``), ``lipschitz_q99``, ``lipschitz_mean`` (stderr = sample std
-    / sqrt(n)), all with ``iterations = n``; ``hessian_min_eig`` (``Lambda_min``) and
-    ``hessian_max_eig`` with ``iterations`` = Hessian-vector products Lanczos used and its
-    ``residual`` (``lam`` NaN: the Hessian is of the unregularised loss); ``grad_norm``
-    (stationarity). Columns are those of ``bounds.runlog.TABLES["probes"]``.
+    / sqrt(n)), all with ``iterations = n = len(data)``; ``hessian_min_eig`` (``Lambda_min``) and
+    ``hessian_max_eig`` with ``iterations`` = Hessian-vector products Lanczos used, its ``residual``
+    and ``converged`` (``lam`` NaN: the Hessian is of the unregularised loss; ``n =
+    len(hessian_data)``); ``grad_norm`` (stationarity, on ``data``). ``n`` of every row is the number of
+    examples it was measured on. Columns are those of ``bounds.runlog.TABLES["probes"]``.
 
     Parameters
     ----------
+    data : EncodedSplit
+        The examples of the Lipschitz and stationarity rows: the whole training set for an ``eta``
+        that is the maximum over all ``n`` examples the bound counts (one per-sample-gradient pass).
+    hessian_data : EncodedSplit, optional
+        The examples whose mean loss's Hessian Lanczos measures (each product is a pass over them, so a
+        subset is usual); default ``data``.
     lam : float
         ``lambda`` of the regularised loss (Lipschitz and gradient rows).
     tol, maxiter : Lanczos accuracy and restarts (`lora_dropout.curvature.lanczos_extremes`).
     """
     n = len(data)
+    hessian_data = data if hessian_data is None else hessian_data
     rows = []
     for space in spaces:
         norms = per_sample_grad_norms(model, handle, data, space=space, lam=lam, batch_size=batch_size)
@@ -461,16 +522,17 @@ def run_probes(
             _row("lipschitz_q99", space, np.quantile(norms, 0.99), n=n, iterations=n, lam=lam),
             _row("lipschitz_mean", space, norms.mean(), n=n, iterations=n, stderr=stderr, lam=lam),
         ]
-        hvp, dim = hessian_hvp(model, handle, data, space=space, batch_size=batch_size)
+        hvp, dim = hessian_hvp(model, handle, hessian_data, space=space, batch_size=batch_size)
         eig = lanczos_extremes(hvp, dim, tol=tol, maxiter=maxiter, seed=0)
         rows += [
             _row(
                 f"hessian_{key}_eig",
                 space,
                 eig[f"{key}_eig"],
-                n=n,
+                n=len(hessian_data),
                 iterations=eig[f"{key}_hvps"],
                 residual=eig[f"{key}_residual"],
+                converged=eig[f"{key}_converged"],
             )
             for key in ("min", "max")
         ]

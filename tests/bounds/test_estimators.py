@@ -71,7 +71,8 @@ def probe_rows(hessian_min_eig: float = 0.2, grad_norm: float = 0.05, lam: float
             ("lipschitz_max", "factors", 3.0, lam), ("hessian_min_eig", "factors", 0.1, np.nan)]
     return pd.DataFrame({
         "quantity": [r[0] for r in rows], "space": [r[1] for r in rows], "value": [r[2] for r in rows],
-        "stderr": np.nan, "iterations": 20, "residual": np.nan, "n": N_TRAIN, "lam": [r[3] for r in rows],
+        "stderr": np.nan, "iterations": 20, "residual": np.nan, "converged": True, "n": N_TRAIN,
+        "lam": [r[3] for r in rows],
     })
 
 

@@ -99,13 +99,17 @@ def test_lemma43_printed_by_hand(reports):
 
 
 def test_lemma43_corrected_form(run):
+    # param_distance is measured on the merged dW (delta_w), so eta must be the delta_w probe
     r = by_name(evaluate_run(run, loss_range=C, form="corrected"))["lemma43"]
-    assert not r.evaluable and "beta_1" in r.reason and "space='factors'" in r.reason
-    r = by_name(evaluate_run(run, loss_range=C, form="corrected", space="factors"))["lemma43"]
-    beta_1 = 3.0 * 0.025  # factor-space lipschitz_max * mean param_distance (retrain)
+    beta_1 = ETA * (0.01 + 0.02 + 0.03 + 0.04) / 4  # delta_w lipschitz_max * mean param_distance (retrain)
     gap = math.sqrt((C**2 + 6 * C * N_TRAIN * (beta_1 + BETA_CLIPPED)) / (2 * N_TRAIN * DELTA))
-    assert_allclose(r.value, R_HAT + gap)
+    assert r.evaluable
+    assert_allclose([r.value, {q.name: q.value for q in r.inputs}["stability_1"]], [R_HAT + gap, 0.05])
     assert "corrected" in r.theorem
+    # eta in the factor space (lipschitz_max 3.0 there) against a delta_w distance: refused, naming both
+    r = by_name(evaluate_run(run, loss_range=C, form="corrected", space="factors"))["lemma43"]
+    assert not r.evaluable and "beta_1" in r.reason
+    assert "space='factors'" in r.reason and "space='delta_w'" in r.reason and "param_distance" in r.reason
 
 
 def test_uniform_stability_by_hand(reports):
@@ -141,8 +145,8 @@ def test_positive_curvature_holds_and_every_premise_is_measured(reports):
     r = reports["theorem44"]
     statuses = {a.name: a.holds for a in r.assumptions}
     assert statuses == {"loss_range": True, "psd_hessian": True, "positive_denominator": True,
-                        "stationarity": True, "lipschitz_lam": True, "closeness": True,
-                        "stability_below_theory": False, "measured_below_bound": True}
+                        "stationarity": True, "lipschitz_lam": True, "lipschitz_coverage": True,
+                        "closeness": True, "stability_below_theory": False, "measured_below_bound": True}
     assert_allclose(assumption(r, "stationarity").measured, 0.05 / 1.0)  # grad_norm / lipschitz_mean
     assert_allclose(assumption(r, "closeness").measured, 0.04 / math.sqrt(5.0))
     assert r.assumptions_hold is False and r.status == "assumptions fail"
@@ -163,6 +167,56 @@ def test_negative_curvature_fails_psd_and_a_non_positive_denominator_is_vacuous(
     below = assumption(r, "measured_below_bound")
     assert below.holds is True and "vacuous" in below.detail
     assert by_name(evaluate_run(run, loss_range=C, lam=0.05))["ensemble"].vacuous
+
+
+def test_lambda_min_exactly_zero_holds_the_psd_premise(tmp_path):
+    # PSD means Lambda_min >= 0: a zero eigenvalue (flat direction) satisfies it
+    run = write_run(tmp_path / "zero", probes=probe_rows(hessian_min_eig=0.0))
+    r = by_name(evaluate_run(run, loss_range=C))["theorem44"]
+    psd = assumption(r, "psd_hessian")
+    assert psd.holds is True and psd.measured == 0.0 and ">= 0" in psd.detail
+    assert not r.vacuous  # D = 0 + 2 lam s = 1.5
+
+
+def test_unconverged_lanczos_leaves_the_psd_premise_not_measured(tmp_path):
+    probes = probe_rows(hessian_min_eig=0.2)
+    unconverged = probes["quantity"] == "hessian_min_eig"
+    probes.loc[unconverged, "converged"] = False
+    probes.loc[unconverged, "residual"] = 0.37
+    run = write_run(tmp_path / "unconv", probes=probes)
+    reports = by_name(evaluate_run(run, loss_range=C))
+    for name in ("prop42[retrain]", "theorem44", "ensemble"):
+        r = reports[name]
+        psd, denominator = assumption(r, "psd_hessian"), assumption(r, "positive_denominator")
+        assert psd.holds is None and denominator.holds is None, name  # not held, not failed
+        assert "not measured" in psd.detail and "did not converge" in psd.detail and "0.37" in psd.detail
+        (h,) = [q for q in r.inputs if q.name == "hessian_min_eig"]
+        assert "did not converge" in h.note, name  # the bound says its Lambda_min is no measurement
+    r = reports["theorem44"]
+    assert r.evaluable and math.isfinite(r.value)
+    assert "not measured" in str(r)
+    # a table written before the converged column: convergence unknown, so not measured either
+    run = write_run(tmp_path / "old", probes=probe_rows().drop(columns="converged"))
+    psd = assumption(by_name(evaluate_run(run, loss_range=C))["theorem44"], "psd_hessian")
+    assert psd.holds is None and "does not record" in psd.detail
+
+
+def test_eta_from_a_subset_is_labelled_in_inputs_and_audit(tmp_path):
+    probes = probe_rows()
+    probes.loc[probes["quantity"].str.startswith("lipschitz"), "n"] = 40  # 40 of n_train = 100 probed
+    r = by_name(evaluate_run(write_run(tmp_path / "sub", probes=probes), loss_range=C))["theorem44"]
+    label = f"eta: max over 40 of n={N_TRAIN} training examples (subset)"
+    (eta,) = [q for q in r.inputs if q.name == "lipschitz"]
+    assert eta.n == 40 and eta.note.startswith(label)
+    coverage = assumption(r, "lipschitz_coverage")
+    assert coverage.holds is None and coverage.detail.startswith(label)
+    assert (coverage.measured, coverage.threshold) == (40, N_TRAIN)
+    assert label in str(r) and r.status == "assumptions fail"  # stability_below_theory still fails
+    # every example probed: labelled "(all)", and the premise holds
+    r = by_name(evaluate_run(write_run(tmp_path / "all"), loss_range=C))["theorem44"]
+    coverage = assumption(r, "lipschitz_coverage")
+    assert coverage.holds is True and f"over {N_TRAIN} of n={N_TRAIN} training examples (all)" in coverage.detail
+    assert {q.name: q for q in r.inputs}["lipschitz"].note == ""
 
 
 def test_stationarity_closeness_and_lam_flip(tmp_path):

@@ -73,6 +73,33 @@ def test_damage_is_named(tmp_path, damage, message):
         validate_run(_write(tmp_path / "r", **damage))
 
 
+def _probes(**override):
+    frame = pd.DataFrame({"quantity": ["lipschitz_max", "hessian_min_eig"], "space": "delta_w",
+                          "value": [1.0, -0.1], "stderr": np.nan, "iterations": [8, 40],
+                          "residual": [np.nan, 1e-3], "converged": [True, False], "n": [8, 4],
+                          "lam": [1.0, np.nan]})
+    for k, v in override.items():
+        frame[k] = v
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("probes", "message"),
+    [
+        (_probes().drop(columns="converged"), r"missing column\(s\) \['converged'\]"),
+        (_probes(converged=["yes", "no"]), "converged must be boolean"),
+        (_probes(converged=[True, None]), "converged has 1 missing"),
+    ],
+)
+def test_probes_record_lanczos_convergence(tmp_path, probes, message):
+    run = _write(tmp_path / "r", steps=[_step()])
+    _probes().to_parquet(run / "probes.parquet")
+    assert validate_run(run, require=("probes",)).table("probes")["converged"].tolist() == [True, False]
+    probes.to_parquet(run / "probes.parquet")
+    with pytest.raises(RunLogError, match=message):
+        validate_run(run, require=("probes",))
+
+
 def test_missing_table_names_its_producer(tmp_path):
     run = _write(tmp_path / "r", steps=[_step()])
     with pytest.raises(MissingTableError, match="lora-dropout probe .* --stability-k"):

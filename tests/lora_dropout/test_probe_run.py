@@ -48,12 +48,33 @@ def test_probe_writes_valid_probes_and_stability_tables(tiny_run):
     probes = run.table("probes")
     assert set(probes.space) == {"delta_w", "factors"}
     assert {"lipschitz_max", "hessian_min_eig", "hessian_max_eig", "grad_norm"} <= set(probes.quantity)
+    # eta is a max over every training example by default; the Hessian over the first probe_examples
+    n_by_quantity = probes.groupby("quantity")["n"].agg(set).to_dict()
+    for q in ("lipschitz_max", "lipschitz_q99", "lipschitz_mean", "grad_norm"):
+        assert n_by_quantity[q] == {run.n_train} == {32}, q
+    assert n_by_quantity["hessian_min_eig"] == n_by_quantity["hessian_max_eig"] == {16}
+    assert probes["converged"].dtype == bool
     stability = run.table("stability")
     assert result.skipped == {}  # H + 2 lam s I is positive definite on this run: influence exists
     assert set(stability.method) == {"retrain", "warm_start", "influence"} and len(stability) == 6
     retrain = stability[stability.method == "retrain"]
     # removing an example and retraining moves the parameters, and by far less than their size
     assert (retrain.param_distance > 0).all()
+
+
+def test_cli_lipschitz_subset_is_recorded_and_labelled_by_the_bounds(tiny_run, capsys):
+    from analysis.cli import main
+    from bounds.report import evaluate_run
+
+    assert main(["probe", str(tiny_run), "--curvature", "--probe-examples", "8", "--lipschitz-examples", "12",
+                 "--quiet"]) == 0
+    probes = validate_run(tiny_run, require=("probes",)).table("probes").set_index("quantity")
+    assert probes.loc["lipschitz_max", "n"] == 12 and probes.loc["hessian_min_eig", "n"] == 8
+    (r,) = [r for r in evaluate_run(tiny_run) if r.name == "theorem44"]
+    label = "eta: max over 12 of n=32 training examples (subset)"
+    assert label in {q.name: q for q in r.inputs}["lipschitz"].note
+    coverage = [a for a in r.assumptions if a.name == "lipschitz_coverage"][0]
+    assert coverage.holds is None and label in coverage.detail
 
 
 def test_retraining_without_removal_reproduces_theta_s_exactly(tiny_run):

@@ -166,7 +166,86 @@ def test_adalora_factor_space_holds_lambda_and_matches_the_loop():
     )
 
 
-def test_a_causal_model_is_refused_by_the_vmap_path():
+def _record_mask_formats(monkeypatch) -> list[str]:
+    """The mask format of every per-example batch that passed the check, in order."""
+    import lora_dropout.probes as probes
+
+    used, real = [], probes._vmap_grads
+
+    def spy(space, theta, batch, lam, mask_format="additive"):
+        grads = real(space, theta, batch, lam, mask_format)
+        used.append(mask_format)
+        return grads
+
+    monkeypatch.setattr(probes, "_vmap_grads", spy)
+    return used
+
+
+def _deberta():
+    """A tiny DeBERTa-v3-style model (DebertaV2 architecture: relative attention with p2c/c2p, shared
+    keys, position buckets, no absolute positions), LoRA on query_proj/value_proj, float64."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32, relative_attention=True, position_buckets=8, max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+        position_biased_input=False, type_vocab_size=0, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, pooler_dropout=0.0, num_labels=3, pad_token_id=0,
+        initializer_range=0.3,
+    )
+    lora = LoraConfig(r=2, target_modules=["query_proj", "value_proj"], init_lora_weights=False)
+    return _with_handle(get_peft_model(DebertaV2ForSequenceClassification(config), lora).double())
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_deberta_v2_per_sample_gradients_match_a_loop_of_backwards(space, monkeypatch):
+    from lora_dropout.probes import _per_example_grads
+
+    model, handle = _deberta()
+    assert {s.module_name.rsplit(".", 1)[-1] for s in handle.sites} == {"query_proj", "value_proj"}
+    data = _data()
+    lam = 0.5
+    ps = ParamSpace(model, handle, space)
+    theta = ps.flat()
+    # reference: one ordinary forward and backward per example, unpadded, on the peft model itself
+    params = [p for s in handle.sites for _, p in s.trainable_factors()]
+    reference = []
+    model.eval()
+    for batch in data.batches(1):
+        inputs = _model_inputs(batch)
+        if space == "factors":
+            for p in params:
+                p.grad = None
+            with handle.use_scale(1.0):
+                loss = torch.nn.functional.cross_entropy(model(**inputs).logits, batch["labels"])
+                loss = loss + lam * S * sum(s.delta_weight().square().sum() for s in handle.sites)
+            loss.backward()
+            reference.append(torch.cat([p.grad.reshape(-1) for p in params]))
+        else:  # D_k is not a model parameter: the loop differentiates ParamSpace's plain (non-vmap) forward
+            with ps.active():
+                flat = theta.clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(ps.regularised_losses(flat, batch, lam)[0], flat)
+            reference.append(grad)
+    reference = torch.stack(reference)
+    formats = _record_mask_formats(monkeypatch)
+    with ps.active():
+        fast = torch.cat([_per_example_grads(ps, theta, b, lam, ["additive", "binary"])
+                          for b in data.batches(5)])
+    assert formats == ["binary"] * 3  # DeBERTa reads its mask as boolean: an additive one masks every token
+    torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-12 * float(reference.abs().max()))
+    assert float(reference.norm(dim=1).std()) > 1e-3 * float(reference.norm(dim=1).mean())  # examples differ
+    np.testing.assert_allclose(
+        per_sample_grad_norms(model, handle, data, space=space, lam=lam, batch_size=5),
+        reference.norm(dim=1).numpy(), rtol=1e-9,
+    )
+
+
+def test_a_causal_model_gets_its_own_causal_mask_from_the_binary_format(monkeypatch):
+    # a prepared additive mask would replace LLaMA's causal mask (checked, and rejected); the 0/1 mask
+    # lets the model build its causal mask itself, which reproduces the batched forward
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -183,7 +262,20 @@ def test_a_causal_model_is_refused_by_the_vmap_path():
     )
     lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model, handle = _with_handle(get_peft_model(LlamaForSequenceClassification(config), lora).double())
-    with pytest.raises(RuntimeError, match="causal"):
+    data = _data(n=6)
+    formats = _record_mask_formats(monkeypatch)
+    fast = per_sample_grad_norms(model, handle, data, lam=0.0, batch_size=3)
+    assert formats == ["binary", "binary"]  # the additive one failed the check on the first batch
+    # the loop runs each example unpadded: LLaMA's own padded and unpadded float64 forwards differ by ~1e-8
+    np.testing.assert_allclose(fast, per_sample_grad_norms_loop(model, handle, data, lam=0.0), rtol=1e-6)
+
+
+def test_a_model_no_mask_format_reproduces_is_refused(monkeypatch):
+    import lora_dropout.probes as probes
+
+    model, handle = _deberta()
+    monkeypatch.setattr(probes, "MASK_FORMATS", ("additive",))  # the only format DeBERTa misreads
+    with pytest.raises(RuntimeError, match="every padding-mask format .*additive: .*disagree"):
         per_sample_grad_norms(model, handle, _data(n=4), lam=0.0)
 
 
@@ -258,3 +350,24 @@ def test_run_probes_table_and_model_left_as_found():
             row.loc["hessian_min_eig", "residual"]
         )
         assert np.isnan(row.loc["hessian_min_eig", "lam"]) and row.loc["grad_norm", "lam"] == 1.0
+        assert row["converged"].all()  # Lanczos converged (tol 1e-3); the other rows are exact
+
+
+def test_run_probes_records_lanczos_convergence_and_the_hessian_subset(monkeypatch):
+    import functools
+
+    import lora_dropout.probes as probes
+
+    model, handle = _lora()
+    data = _data()
+    # the low-rank tiny Hessian converges in one restart of the default 20 vectors; 3 vectors do not
+    monkeypatch.setattr(probes, "lanczos_extremes", functools.partial(lanczos_extremes, ncv=3))
+    with pytest.warns(RuntimeWarning, match="did not reach"):
+        table = run_probes(model, handle, data, spaces=("delta_w",), tol=1e-12, maxiter=1, batch_size=6,
+                           hessian_data=data.subset(range(5)))
+    row = table.set_index("quantity")
+    assert not row.loc["hessian_min_eig", "converged"] and not row.loc["hessian_max_eig", "converged"]
+    assert row.loc["hessian_min_eig", "residual"] > 0
+    assert row.loc[["lipschitz_max", "lipschitz_q99", "lipschitz_mean", "grad_norm"], "converged"].all()
+    assert (row.loc[["lipschitz_max", "lipschitz_mean", "grad_norm"], "n"] == len(data)).all()
+    assert (row.loc[["hessian_min_eig", "hessian_max_eig"], "n"] == 5).all()
