@@ -1,14 +1,23 @@
 """The paper's claims (theory.md section 5) and the theory's, checked on a collected study.
 
-Each check returns a `Claim`: whether it held on our measurements (True / False / None when the
-study does not measure it), with the numbers and seeds it rests on. Nothing is tuned to pass; a
-claim that does not hold at the study's scale is reported as not holding.
+Each check returns a `Claim` with a `Verdict`:
+
+- ``held`` / ``did not hold``: decided by the evidence. A comparative claim (one configuration
+  against another, e.g. LoRA Dropout against LoRA) is decided only when the paired 95% t-interval
+  over seeds of the difference excludes 0; the sign of the difference then decides.
+- ``inconclusive``: measured, but the evidence cannot decide: one seed (no interval), a paired
+  interval that contains 0, or a bound that is vacuous everywhere (it bounds nothing).
+- ``not evaluable``: the study does not measure it (no such runs or probes).
+
+Nothing is tuned to pass: the rule is the same for every claim and is printed in the report
+(`VERDICT_RULE`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import pandas as pd
@@ -18,13 +27,79 @@ from .collect import Collection
 from .figures import Focus
 from .tables import quantity
 
+#: The decision rule, as the report prints it.
+VERDICT_RULE = (
+    "A comparative claim is decided only when the paired 95% t-interval over seeds of the difference "
+    "excludes 0 (then its sign decides); with one seed, or an interval that contains 0, it is inconclusive. "
+    "A claim about a single measurement per run (a theorem's inequality, a premise) is decided by that "
+    "measurement; a bound that is vacuous on every run bounds nothing and is inconclusive. "
+    "Not evaluable: the study does not measure it.")
+
+
+class Verdict(str, Enum):
+    HELD = "held"
+    NOT_HELD = "did not hold"
+    INCONCLUSIVE = "inconclusive"
+    NOT_EVALUABLE = "not evaluable"
+
 
 @dataclass(frozen=True)
 class Claim:
     name: str
     statement: str
-    held: bool | None
+    verdict: Verdict
     evidence: str
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Mean of paired differences over seeds with its 95% t-interval (``low``/``high`` NaN for one seed)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def sign(self) -> int:
+        """+1 / -1 when the interval excludes 0 on that side, 0 when it cannot decide (one seed, 0 inside)."""
+        if self.n < 2 or not (self.low > 0 or self.high < 0):
+            return 0
+        return 1 if self.low > 0 else -1
+
+    def text(self) -> str:
+        if self.n == 0:
+            return "no common seeds"
+        if self.n == 1:
+            return f"difference {self.mean:+.4f} (one seed: no interval)"
+        side = "excludes 0" if self.sign() else "includes 0"
+        return f"paired difference {self.mean:+.4f}, 95% interval [{self.low:+.4f}, {self.high:+.4f}] ({side}, {self.n} seeds)"
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and two-sided 95% t-interval of ``values`` (scipy's one-sample t; NaN bounds for one value)."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return (float(v.mean()) if v.size else math.nan), math.nan, math.nan
+    if np.ptp(v) <= 8 * np.finfo(float).eps * max(1.0, float(np.abs(v).max())):
+        # no spread beyond rounding: the interval is the point (scipy returns NaN or warns here)
+        return float(v.mean()), float(v.mean()), float(v.mean())
+    ci = stats.ttest_1samp(v, 0.0).confidence_interval(0.95)
+    return float(v.mean()), float(ci.low), float(ci.high)
+
+
+def paired(a: pd.Series, b: pd.Series) -> Paired:
+    """Paired difference ``a - b`` over the seeds both have (series indexed by seed)."""
+    common = a.index.intersection(b.index)
+    mean, low, high = t_interval((a[common] - b[common]).to_numpy())
+    return Paired(mean, low, high, len(common))
+
+
+def _decide(diff: Paired, want: int) -> Verdict:
+    """Verdict of a claim that the difference has sign ``want`` (+1 or -1)."""
+    s = diff.sign()
+    if s == 0:
+        return Verdict.INCONCLUSIVE
+    return Verdict.HELD if s == want else Verdict.NOT_HELD
 
 
 def _values(summary: pd.DataFrame, name: str, **where) -> pd.Series:
@@ -40,132 +115,163 @@ def _fmt(values: pd.Series) -> str:
     seeds = ", ".join(str(s) for s in values.index)
     if len(values) == 1:
         return f"{values.iloc[0]:.4f} (seed {seeds})"
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return f"{values.mean():.4f} +/- {half:.4f} (95% t-interval over seeds {seeds})"
+    mean, low, high = t_interval(values.to_numpy())
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}] (95% t-interval over seeds {seeds})"
 
 
-def _paired(a: pd.Series, b: pd.Series) -> str:
-    """Mean paired difference a - b over common seeds, with a t-interval when there are >= 2 seeds."""
-    common = a.index.intersection(b.index)
-    if common.empty:
-        return ""
-    d = a[common] - b[common]
-    if len(d) == 1:
-        return f"difference {d.iloc[0]:+.4f} (one seed: no interval)"
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    significant = "excludes 0" if abs(d.mean()) > half else "includes 0"
-    return f"paired difference {d.mean():+.4f} +/- {half:.4f} (interval {significant})"
+def _plain(summary: pd.DataFrame, name: str, method: str = "lora") -> pd.Series:
+    return _values(summary, name, method=method, dropout_rate=0.0, n_instances=1)
 
 
 def beats_plain(summary: pd.DataFrame, focus: Focus, method: str = "lora") -> Claim:
-    name = "AdaLoRA" if method == "adalora" else "LoRA"
-    statement = f"{name} + Dropout has higher test accuracy than {name}"
+    label = "AdaLoRA" if method == "adalora" else "LoRA"
+    name, statement = f"{method}_dropout_beats_{method}", f"{label} + Dropout has higher test accuracy than {label}"
     ours = _values(summary, "test_accuracy_ensemble", method=method, dropout_rate=focus.dropout_rate,
                    n_instances=focus.n_instances)
-    plain = _values(summary, "test_accuracy_full", method=method, dropout_rate=0.0, n_instances=1)
+    plain = _plain(summary, "test_accuracy_full", method)
     if ours.empty or plain.empty:
-        return Claim(f"{method}_dropout_beats_{method}", statement, None, f"no {name} runs in this study")
-    held = bool(ours.mean() > plain.mean())
-    return Claim(f"{method}_dropout_beats_{method}", statement, held,
-                 f"{name} Dropout p={focus.dropout_rate:g}, N={focus.n_instances} (ensemble): {_fmt(ours)}; "
-                 f"{name}: {_fmt(plain)}; {_paired(ours, plain)}")
+        return Claim(name, statement, Verdict.NOT_EVALUABLE, f"no {label} and {label} Dropout runs in this study")
+    diff = paired(ours, plain)
+    return Claim(name, statement, _decide(diff, +1),
+                 f"{label} Dropout p={focus.dropout_rate:g}, N={focus.n_instances} (ensemble): {_fmt(ours)}; "
+                 f"{label}: {_fmt(plain)}; {diff.text()}")
 
 
-def _curve(summary: pd.DataFrame, x: str, name: str, **where) -> pd.Series:
+def _by_seed(summary: pd.DataFrame, x: str, name: str, **where) -> dict:
+    """``{x value: series over seed}`` of a quantity."""
     sel = quantity(summary, name)
     for k, v in where.items():
         sel = sel[sel[k] == v]
-    return sel.groupby(x)["value"].mean().sort_index()
+    return {key: g.set_index("seed")["value"].sort_index() for key, g in sorted(sel.groupby(x))}
 
 
 def inverted_u_over_p(summary: pd.DataFrame, focus: Focus) -> Claim:
+    """Held when the best interior ``p`` beats both ends (paired intervals exclude 0); did not hold when
+    an end beats it (interval excludes 0); inconclusive otherwise."""
     statement = "test accuracy over p is an inverted U (best at an interior p)"
     sel = summary[(summary["method"] == "lora") & ((summary["n_instances"] == focus.n_instances) |
                                                    ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1)))]
-    acc = quantity(sel, "test_accuracy_ensemble")
-    curve = acc.groupby("dropout_rate")["value"].mean().sort_index()
-    if len(curve) < 3:
-        return Claim("inverted_u_over_p", statement, None, f"needs >= 3 values of p, have {list(curve.index)}")
-    best = curve.idxmax()
-    held = bool(curve.index[0] < best < curve.index[-1])
-    pairs = ", ".join(f"p={p:g}: {v:.4f}" for p, v in curve.items())
-    return Claim("inverted_u_over_p", statement, held,
-                 f"mean test accuracy (ensemble; p=0 is plain LoRA) {pairs}; best at p={best:g}; "
-                 f"seeds {sorted(set(acc['seed']))}")
+    curves = _by_seed(sel, "dropout_rate", "test_accuracy_ensemble")
+    ps = list(curves)
+    if len(ps) < 3:
+        return Claim("inverted_u_over_p", statement, Verdict.NOT_EVALUABLE, f"needs >= 3 values of p, have {ps}")
+    means = {p: float(v.mean()) for p, v in curves.items()}
+    best = max(ps[1:-1], key=means.get)
+    left, right = paired(curves[best], curves[ps[0]]), paired(curves[best], curves[ps[-1]])
+    signs = (left.sign(), right.sign())
+    verdict = (Verdict.HELD if signs == (1, 1) else Verdict.NOT_HELD if -1 in signs else Verdict.INCONCLUSIVE)
+    pairs = ", ".join(f"p={p:g}: {m:.4f}" for p, m in means.items())
+    return Claim("inverted_u_over_p", statement, verdict,
+                 f"mean test accuracy (ensemble; p=0 is plain LoRA) {pairs}; best interior p={best:g}; "
+                 f"against p={ps[0]:g}: {left.text()}; against p={ps[-1]:g}: {right.text()}")
 
 
 def rises_with_n(summary: pd.DataFrame, focus: Focus) -> Claim:
+    """Decided on the paired difference between the largest and the smallest ``N``."""
     statement = "test accuracy rises with the number of instances N"
-    curve = _curve(summary, "n_instances", "test_accuracy_ensemble", method="lora",
-                   dropout_rate=focus.dropout_rate)
-    if len(curve) < 2:
-        return Claim("rises_with_n", statement, None, f"needs >= 2 values of N, have {list(curve.index)}")
-    if len(curve) > 2 and curve.nunique() > 1:
-        rho = float(stats.spearmanr(curve.index, curve.values).statistic)
-    else:
-        rho = float(np.sign(curve.iloc[-1] - curve.iloc[0]))
-    held = bool(curve.iloc[-1] > curve.iloc[0] and rho > 0)
-    pairs = ", ".join(f"N={n}: {v:.4f}" for n, v in curve.items())
-    return Claim("rises_with_n", statement, held,
-                 f"mean test accuracy (ensemble) at p={focus.dropout_rate:g}: {pairs}; Spearman rho {rho:.2f}")
+    curves = _by_seed(summary, "n_instances", "test_accuracy_ensemble", method="lora",
+                      dropout_rate=focus.dropout_rate)
+    ns = list(curves)
+    if len(ns) < 2:
+        return Claim("rises_with_n", statement, Verdict.NOT_EVALUABLE, f"needs >= 2 values of N, have {ns}")
+    diff = paired(curves[ns[-1]], curves[ns[0]])
+    pairs = ", ".join(f"N={n}: {v.mean():.4f}" for n, v in curves.items())
+    return Claim("rises_with_n", statement, _decide(diff, +1),
+                 f"mean test accuracy (ensemble) at p={focus.dropout_rate:g}: {pairs}; "
+                 f"N={ns[-1]} against N={ns[0]}: {diff.text()}")
 
 
-def ablation_order(ablation: pd.DataFrame) -> Claim:
+ABLATION_ORDER = ("Drop", "Drop_train", "NoDrop", "Drop_test")
+
+
+def ablation_arms(summary: pd.DataFrame, drop_test: pd.DataFrame, focus: Focus) -> dict[str, pd.Series]:
+    """Test accuracy per seed of the four arms of the paper's Figure 4 (see `tables.ablation`)."""
+    dropped = {"method": "lora", "dropout_rate": focus.dropout_rate, "n_instances": focus.n_instances}
+    arms = {
+        "Drop": _values(summary, "test_accuracy_ensemble", **dropped),
+        "Drop_train": _values(summary, "test_accuracy_full", **dropped),
+        "NoDrop": _plain(summary, "test_accuracy_full"),
+        "Drop_test": (drop_test.set_index("seed")["accuracy"].sort_index() if len(drop_test)
+                      else pd.Series(dtype=float)),
+    }
+    return arms
+
+
+def ablation_order(summary: pd.DataFrame, drop_test: pd.DataFrame, focus: Focus) -> Claim:
+    """Held when every adjacent pair of the order is decided in its favour; did not hold when one is
+    decided against it; inconclusive otherwise."""
     statement = "ablation order Drop > Drop_train > NoDrop > Drop_test"
-    means = ablation.set_index("variant")["mean"]
-    if means.isna().any() or len(means) < 4:
-        return Claim("ablation_order", statement, None, "some ablation variants were not measured")
-    order = ["Drop", "Drop_train", "NoDrop", "Drop_test"]
-    held = bool(all(means[a] > means[b] for a, b in zip(order, order[1:], strict=False)))
-    measured = ", ".join(f"{v} {means[v]:.4f}" for v in order)
-    return Claim("ablation_order", statement, held, f"mean test accuracy: {measured}")
+    arms = ablation_arms(summary, drop_test, focus)
+    if any(v.empty for v in arms.values()):
+        return Claim("ablation_order", statement, Verdict.NOT_EVALUABLE, "some ablation variants were not measured")
+    diffs = [(a, b, paired(arms[a], arms[b])) for a, b in zip(ABLATION_ORDER, ABLATION_ORDER[1:], strict=False)]
+    signs = [d.sign() for _, _, d in diffs]
+    verdict = (Verdict.HELD if all(s == 1 for s in signs) else Verdict.NOT_HELD if -1 in signs
+               else Verdict.INCONCLUSIVE)
+    means = ", ".join(f"{v} {arms[v].mean():.4f}" for v in ABLATION_ORDER)
+    steps = "; ".join(f"{a} - {b}: {d.text()}" for a, b, d in diffs)
+    return Claim("ablation_order", statement, verdict, f"mean test accuracy: {means}; {steps}")
 
 
 def lower_ece(summary: pd.DataFrame, focus: Focus) -> Claim:
     statement = "ECE is lower with LoRA Dropout"
     ours = _values(summary, "test_ece_ensemble", method="lora", dropout_rate=focus.dropout_rate,
                    n_instances=focus.n_instances)
-    plain = _values(summary, "test_ece_deterministic", method="lora", dropout_rate=0.0, n_instances=1)
+    plain = _plain(summary, "test_ece_deterministic")
     if ours.empty or plain.empty:
-        return Claim("lower_ece", statement, None, "no LoRA / LoRA Dropout pair in this study")
-    return Claim("lower_ece", statement, bool(ours.mean() < plain.mean()),
-                 f"test ECE (15 bins): LoRA Dropout (ensemble) {_fmt(ours)}; LoRA {_fmt(plain)}; "
-                 f"{_paired(ours, plain)}")
+        return Claim("lower_ece", statement, Verdict.NOT_EVALUABLE, "no LoRA / LoRA Dropout pair in this study")
+    diff = paired(ours, plain)
+    return Claim("lower_ece", statement, _decide(diff, -1),
+                 f"test ECE (15 bins): LoRA Dropout (ensemble) {_fmt(ours)}; LoRA {_fmt(plain)}; {diff.text()}")
 
 
 def linear_cost(runs: pd.DataFrame, focus: Focus) -> Claim:
+    """"About linear": the 95% t-interval over seeds of the wall-time ratio ``N_hi / N_lo`` lies within a
+    factor of two of ``N_hi / N_lo`` (held) or entirely outside it (did not hold)."""
     statement = "training cost grows about linearly in N"
     sel = runs[(runs["method"] == "lora") & (runs["dropout_rate"] == focus.dropout_rate)]
-    walls = sel.groupby("n_instances")["wall_s"].mean().sort_index()
-    if len(walls) < 2:
-        return Claim("linear_cost", statement, None, "needs runs at >= 2 values of N")
-    lo, hi = walls.index[0], walls.index[-1]
-    ratio = walls[hi] / walls[lo]
-    # "about linear": within a factor of two of N_hi / N_lo either way (fixed costs pull it down)
-    held = bool(0.5 * hi / lo <= ratio <= 2.0 * hi / lo)
-    return Claim("linear_cost", statement, held,
-                 f"run wall time (training and evaluation) N={hi} / N={lo}: {ratio:.2f} (linear: {hi / lo:g}; "
-                 f"held if within a factor 2; evaluation cost also grows with N_test = N)")
+    ns = sorted(sel["n_instances"].unique())
+    if len(ns) < 2:
+        return Claim("linear_cost", statement, Verdict.NOT_EVALUABLE, "needs runs at >= 2 values of N")
+    lo, hi = ns[0], ns[-1]
+    walls = {n: sel[sel["n_instances"] == n].set_index("seed")["wall_s"] for n in (lo, hi)}
+    common = walls[lo].index.intersection(walls[hi].index)
+    ratios = (walls[hi][common] / walls[lo][common]).to_numpy()
+    mean, low, high = t_interval(ratios)
+    band = (0.5 * hi / lo, 2.0 * hi / lo)
+    if len(ratios) < 2:
+        verdict = Verdict.INCONCLUSIVE
+    elif band[0] <= low and high <= band[1]:
+        verdict = Verdict.HELD
+    elif high < band[0] or low > band[1]:
+        verdict = Verdict.NOT_HELD
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    interval = f"95% interval [{low:.2f}, {high:.2f}]" if len(ratios) > 1 else "one seed: no interval"
+    return Claim("linear_cost", statement, verdict,
+                 f"run wall time (training and evaluation) N={hi} / N={lo}: {mean:.2f}, {interval} over "
+                 f"{len(ratios)} seeds (linear: {hi / lo:g}; held if the interval lies within [{band[0]:g}, "
+                 f"{band[1]:g}]; evaluation cost also grows with N_test = N)")
 
 
 def jensen_holds(compression: pd.DataFrame) -> Claim:
+    """Thm 4.5 holds per example for every finite ensemble, so one cell below 0 (beyond float32 rounding
+    of the logits, 1e-6 nats) refutes it."""
     statement = "Thm 4.5: the ensemble's risk is at most the mean member's (Jensen gap >= 0)"
     sel = compression[compression["average"] == "probs"] if "average" in compression else compression
     if sel.empty:
-        return Claim("jensen", statement, None, "no ensembles averaging probabilities")
+        return Claim("jensen", statement, Verdict.NOT_EVALUABLE, "no ensembles averaging probabilities")
     worst = sel["jensen_gap"].min()
-    held = bool(worst >= -1e-6)
-    return Claim("jensen", statement, held,
+    return Claim("jensen", statement, Verdict.HELD if worst >= -1e-6 else Verdict.NOT_HELD,
                  f"smallest mean Jensen gap over runs, splits and N_test: {worst:.2e} nats "
                  f"({len(sel)} (run, split, N_test) cells); largest {sel['jensen_gap'].max():.4f}")
 
 
 def bound_vs_measured(summary: pd.DataFrame) -> list[Claim]:
     """Theorem 4.4 on each run with probes: vacuous or not, and whether the measured gap is below it."""
-    out = []
     vac = quantity(summary, "vacuous:theorem44")
     if vac.empty:
-        return [Claim("theorem44", "Thm 4.4 bounds the measured generalisation gap", None,
+        return [Claim("theorem44", "Thm 4.4 bounds the measured generalisation gap", Verdict.NOT_EVALUABLE,
                       "no run has curvature probes (lora-dropout probe RUN_DIR --curvature)")]
     lines, held, evaluated = [], True, 0
     for run_id, g in summary[summary["run_id"].isin(vac["run_id"])].groupby("run_id"):
@@ -181,55 +287,122 @@ def bound_vs_measured(summary: pd.DataFrame) -> list[Claim]:
             lines.append(f"p={p:g} ({run_id}): measured gap {q['measured:theorem44']:.4f} "
                          f"{'<=' if ok else '>'} bound {q['bound_on_measured:theorem44']:.4f} "
                          f"(Lambda_min = {eig:.3g})")
-    psd = quantity(summary, "hessian_min_eig:delta_w")["value"]
-    # a bound that is vacuous everywhere bounds nothing: not "held"
-    out.append(Claim("theorem44", "Thm 4.4 bounds the measured generalisation gap (where not vacuous)",
-                     held if evaluated else None,
-                     "; ".join(lines) + ("" if evaluated else "; vacuous on every run, so nothing to hold")))
-    out.append(Claim("psd_hessian", "Prop. 4.2's premise: the Hessian at theta(S) is PSD (Lambda_min > 0)",
-                     bool((psd > 0).all()) if len(psd) else None,
-                     f"measured Lambda_min (delta_w space): {', '.join(f'{v:.3g}' for v in psd)}"))
-    return out
+    # a bound that is vacuous everywhere bounds nothing: inconclusive, not "held"
+    verdict = (Verdict.INCONCLUSIVE if not evaluated else Verdict.HELD if held else Verdict.NOT_HELD)
+    return [
+        Claim("theorem44", "Thm 4.4 bounds the measured generalisation gap (where not vacuous)", verdict,
+              "; ".join(lines) + ("" if evaluated else "; vacuous on every run, so nothing to hold")),
+        psd_premise(summary),
+    ]
+
+
+def psd_premise(summary: pd.DataFrame) -> Claim:
+    """Lanczos returns Ritz values, Rayleigh quotients of the Hessian, so each is >= Lambda_min: a negative
+    one refutes the premise even unconverged, while ``Lambda_min >= 0`` is shown only by converged values."""
+    statement = "Prop. 4.2's premise: the Hessian at theta(S) is PSD (Lambda_min >= 0)"
+    eig = quantity(summary, "hessian_min_eig:delta_w").set_index("run_id")["value"]
+    if eig.empty:
+        return Claim("psd_hessian", statement, Verdict.NOT_EVALUABLE, "no curvature probes")
+    conv = quantity(summary, "hessian_min_eig_converged:delta_w").set_index("run_id")["value"]
+    converged = conv.reindex(eig.index).fillna(0.0) > 0
+    if (eig < 0).any():
+        verdict = Verdict.NOT_HELD
+    elif converged.all():
+        verdict = Verdict.HELD
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    values = ", ".join(f"{v:.3g}{'' if c else ' (not converged)'}" for v, c in zip(eig, converged, strict=True))
+    return Claim("psd_hessian", statement, verdict, f"measured Lambda_min (delta_w space): {values}")
 
 
 def stability_vs_theory(summary: pd.DataFrame) -> Claim:
+    """Per run and estimator: held when the upper end of ``beta_hat``'s 95% interval (normal, from its
+    standard error) is at most Prop. 4.2's ``beta``; did not hold when its lower end is above it."""
     statement = "measured beta_hat <= Prop. 4.2's beta"
     rows = summary[summary["quantity"].str.startswith("beta_hat:")]
     if rows.empty:
-        return Claim("stability", statement, None, "no stability measurements (lora-dropout probe --stability-k)")
-    parts, held, evaluated = [], True, 0
+        return Claim("stability", statement, Verdict.NOT_EVALUABLE,
+                     "no stability measurements (lora-dropout probe --stability-k)")
+    z = stats.norm.ppf(0.975)
+    parts, verdicts = [], []
     for r in rows.itertuples():
         method = r.quantity.split(":", 1)[1]
         theory = quantity(summary[summary["run_id"] == r.run_id], f"bound:prop42[{method}]")["value"]
         beta = float(theory.iloc[0]) if len(theory) else math.inf
-        if math.isfinite(beta):
-            held &= bool(r.value <= beta)
-            evaluated += 1
-        parts.append(f"{r.run_id} {method}: {r.value:.3g} vs {beta:.3g}" if math.isfinite(beta)
-                     else f"{r.run_id} {method}: {r.value:.3g} vs vacuous")
-    note = "" if evaluated else "; Prop. 4.2 is vacuous on every run (Lambda_min + 2 lam s <= 0)"
-    return Claim("stability", statement, held if evaluated else None, "; ".join(parts) + note)
+        if not math.isfinite(beta):
+            parts.append(f"{r.run_id} {method}: {r.value:.3g} vs vacuous")
+            continue
+        half = z * r.stderr if math.isfinite(r.stderr) else math.nan
+        if r.value + half <= beta:
+            verdicts.append(Verdict.HELD)
+        elif r.value - half > beta:
+            verdicts.append(Verdict.NOT_HELD)
+        else:
+            verdicts.append(Verdict.INCONCLUSIVE)
+        parts.append(f"{r.run_id} {method}: {r.value:.3g} +/- {half:.3g} vs {beta:.3g} ({verdicts[-1].value})")
+    if not verdicts:
+        return Claim("stability", statement, Verdict.INCONCLUSIVE,
+                     "; ".join(parts) + "; Prop. 4.2 is vacuous on every run (Lambda_min + 2 lam s <= 0)")
+    verdict = (Verdict.NOT_HELD if Verdict.NOT_HELD in verdicts else
+               Verdict.HELD if all(v is Verdict.HELD for v in verdicts) else Verdict.INCONCLUSIVE)
+    return Claim("stability", statement, verdict, "; ".join(parts))
+
+
+#: Flag a run whose leave-one-out estimators of beta (retrain, warm start, influence) differ by more.
+DISAGREEMENT_FACTOR = 10.0
+
+
+def estimator_disagreement(summary: pd.DataFrame, factor: float = DISAGREEMENT_FACTOR
+                           ) -> list[tuple[str, tuple[str, str], float]]:
+    """Runs whose ``beta_hat`` estimators disagree by more than ``factor`` (largest over smallest).
+
+    Reads the ``beta_hat:<method>`` rows of a collected summary (``run_id, quantity, value``); runs with
+    fewer than two finite estimates are not compared. A zero estimate against a positive one is an
+    infinite ratio. Returns ``(run_id, (method of the largest, method of the smallest), ratio)`` per
+    flagged run, in the summary's run order.
+
+    >>> s = pd.DataFrame({"run_id": ["a", "a", "a", "b", "b"], "quantity": ["beta_hat:retrain",
+    ...     "beta_hat:warm_start", "beta_hat:influence", "beta_hat:retrain", "beta_hat:influence"],
+    ...     "value": [0.011, 0.0065, 1.5e-6, 0.01, 0.002]})
+    >>> [(run, methods, round(ratio)) for run, methods, ratio in estimator_disagreement(s)]
+    [('a', ('retrain', 'influence'), 7333)]
+    """
+    rows = summary[summary["quantity"].str.startswith("beta_hat:")]
+    rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
+    flags = []
+    for run_id, group in rows.groupby("run_id", sort=False):
+        if len(group) < 2:
+            continue
+        values = group.set_index(group["quantity"].str.split(":", n=1).str[1])["value"].astype(float)
+        high, low = values.idxmax(), values.idxmin()
+        if values[high] <= 0:
+            continue  # all zero: they agree
+        ratio = values[high] / values[low] if values[low] > 0 else math.inf
+        if ratio > factor:
+            flags.append((str(run_id), (str(high), str(low)), float(ratio)))
+    return flags
 
 
 def sparsity_matches(summary: pd.DataFrame) -> Claim:
+    """Realised against nominal sparsity; 0.02 absolute is the slack allowed for sampling the masks."""
     statement = "realised zero fraction of dW_hat matches 2p - p^2"
     nominal = quantity(summary, "sparsity_nominal").set_index("run_id")["value"]
     realised = quantity(summary, "sparsity_realised").set_index("run_id")
     if nominal.empty:
-        return Claim("sparsity", statement, None, "no modules tables")
+        return Claim("sparsity", statement, Verdict.NOT_EVALUABLE, "no modules tables")
     diffs = (realised["value"] - nominal[realised.index]).abs()
-    held = bool((diffs < 0.02).all())
-    return Claim("sparsity", statement, held, f"largest |realised - nominal| over runs: {diffs.max():.4f}")
+    return Claim("sparsity", statement, Verdict.HELD if bool((diffs < 0.02).all()) else Verdict.NOT_HELD,
+                 f"largest |realised - nominal| over runs: {diffs.max():.4f}")
 
 
-def check_all(coll: Collection, ablation: pd.DataFrame, focus: Focus) -> list[Claim]:
+def check_all(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> list[Claim]:
     s = coll.summary
     return [
         beats_plain(s, focus, "lora"),
         beats_plain(s, focus, "adalora"),
         inverted_u_over_p(s, focus),
         rises_with_n(s, focus),
-        ablation_order(ablation),
+        ablation_order(s, drop_test, focus),
         lower_ece(s, focus),
         linear_cost(coll.runs, focus),
         jensen_holds(coll.compression),

@@ -117,6 +117,8 @@ def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd
     if probes is not None:
         for r in probes.itertuples():
             add(f"{r.quantity}:{r.space}", r.value, r.stderr)
+            if r.quantity.startswith("hessian_"):  # Lanczos: whether the Ritz value met its tolerance
+                add(f"{r.quantity}_converged:{r.space}", float(r.converged))
     if modules is not None and len(modules):
         add("sparsity_nominal", modules["nominal_sparsity"].iloc[0])
         add("sparsity_realised", modules["dw_zero_fraction"].mean(),
@@ -152,7 +154,10 @@ def _collect_run(run: RunLog, run_dir: Path, state: str, *, delta, lam, loss_ran
         rows["reliability"] = run.table("calibration")
     if modules is not None:
         rows["modules"] = modules
-    return {name: _with_config(frame, run.run_id, run.config) for name, frame in rows.items()}
+    config = run.config
+    if (config.get("train") or {}).get("n_train") == "auto":  # the default, resolved against the data
+        config = {**config, "train": {**config["train"], "n_train": run.n_train}}
+    return {name: _with_config(frame, run.run_id, config) for name, frame in rows.items()}
 
 
 def run_directories(study_dir: str | Path) -> list[Path]:

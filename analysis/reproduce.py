@@ -9,8 +9,11 @@ quick
     (coupled retraining and warm starts, k = 2) on the main one.
 full
     The CPU study behind the committed ``figures/``: three seeds, 500 training examples, p in
-    {0, 0.1, 0.3, 0.5} at N = 2, N in {1, 2, 4} at p = 0.3, curvature probes on the p panel, and all three
-    stability estimators on the main configuration (seed 0). About 70 minutes on 2 CPU cores.
+    {0, 0.1, 0.3, 0.5} at N = 2, N in {1, 2, 4} at p = 0.3, AdaLoRA with and without LoRA Dropout
+    (p = 0.3, N = 2), curvature probes on the LoRA p panel, and all three stability estimators on the
+    main configuration (seed 0). The two runs drawn in Figures 1 and 3 evaluate every 6 steps (12
+    points per curve). About 70 minutes on 2 CPU cores before the AdaLoRA arms and the denser curves
+    were added; about 100 minutes estimated with them.
 lm
     Instruction tuning (the paper's third setting at toy size): the embedded SmolLM2-135M-Instruct
     (converted from its GGUF wheel) on instruction-formatted Rotten Tomatoes examples, response-only
@@ -36,7 +39,7 @@ from bounds.runlog import RunLogError, read_meta, run_state, write_atomic
 from lora_dropout.provenance import git_info, utc_now, versions
 from lora_dropout.runconfig import RunConfig
 
-from .claims import Claim, check_all
+from .claims import DISAGREEMENT_FACTOR, VERDICT_RULE, Claim, check_all, estimator_disagreement
 from .collect import collect
 from .figures import Focus, save_figures, study_figures
 from .study import PostTraining, StudySpec, run_study
@@ -82,16 +85,24 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
                    "eval_train_size": 300, **train},
             lora_dropout={"dropout_rate": 0.3, "n_instances": 2})
         focus = Focus(0.3, 2)
-        points = ({"dropout_rate": 0.0, "n_instances": 1},
-                  *({"dropout_rate": p, "n_instances": 2} for p in (0.1, 0.3, 0.5)),
-                  {"dropout_rate": 0.3, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 4})
+        # the two runs of Figures 1 and 3 evaluate every 6 of their 64 steps (12 points with step 0)
+        dense = {"eval_every": 6}
+        points = ({"dropout_rate": 0.0, "n_instances": 1, **dense},
+                  {"dropout_rate": 0.1, "n_instances": 2}, {"dropout_rate": 0.3, "n_instances": 2, **dense},
+                  {"dropout_rate": 0.5, "n_instances": 2},
+                  {"dropout_rate": 0.3, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 4},
+                  # the paper's second headline claim: AdaLoRA + Dropout against AdaLoRA, same seeds
+                  {"method": "adalora", "dropout_rate": 0.0, "n_instances": 1},
+                  {"method": "adalora", "dropout_rate": 0.3, "n_instances": 2})
         post = PostTraining(curvature=False, probe_examples=32, lanczos_tol=1e-2)
-        post_for = (({"n_instances": 2}, {"curvature": True}), ({"dropout_rate": 0.0}, {"curvature": True}),
+        post_for = (({"method": "lora", "n_instances": 2}, {"curvature": True}),
+                    ({"method": "lora", "dropout_rate": 0.0}, {"curvature": True}),
                     ({"dropout_rate": 0.3, "n_instances": 2, "seed": 0},
                      {"curvature": True, "stability_k": 4,
                       "stability_methods": ("influence", "warm_start", "retrain")}))
         n_seeds = seeds or 3
-        description = "full: 3 seeds, n_train 500, p and N grids, probes on the p panel (about 70 minutes on 2 CPU cores)"
+        description = ("full: 3 seeds, n_train 500, p and N grids, AdaLoRA with and without LoRA Dropout, probes on "
+                       "the p panel (about 100 minutes on 2 CPU cores)")
     elif name == "lm":
         # instruction tuning of the embedded causal LM; batch x length stays near 1k tokens per instance
         base = RunConfig().replace(
@@ -107,7 +118,7 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
     else:
         base = RunConfig().replace(
             train={"n_train": None, "n_test": None, "epochs": 10, "lr": 5e-4, "batch_size": 32,
-                   "eval_every": 0, "eval_train_size": 2000, "max_length": 128, "base_dropout": None, **train},
+                   "eval_every": 0, "eval_train_size": None, "max_length": 128, "base_dropout": None, **train},
             lora_dropout={"dropout_rate": 0.5, "n_instances": 4})
         focus = Focus(0.5, 4)
         points = ({"dropout_rate": 0.0, "n_instances": 1},
@@ -170,8 +181,7 @@ def drop_test(study_dir: Path, spec: StudySpec, focus: Focus, cache: Path) -> pd
 
 
 def write_report(path: Path, profile: Profile, claims: list[Claim], figures: list[Path], skipped, wall_s: float,
-                 runs_wall_s: float, provenance: dict) -> Path:
-    mark = {True: "held", False: "did NOT hold", None: "not evaluable"}
+                 runs_wall_s: float, provenance: dict, disagreements=()) -> Path:
     lines = [
         f"# LoRA Dropout reproduction: profile `{profile.name}`",
         "",
@@ -184,10 +194,17 @@ def write_report(path: Path, profile: Profile, claims: list[Claim], figures: lis
         "Each claim of the paper (theory.md section 5) and of its theory, checked on this study's "
         "measurements. At this scale a claim may fail; the numbers say by how much.",
         "",
+        f"Verdicts: {VERDICT_RULE}",
+        "",
         "| claim | result | evidence |",
         "|---|---|---|",
     ]
-    lines += [f"| {c.statement} | **{mark[c.held]}** | {c.evidence} |" for c in claims]
+    lines += [f"| {c.statement} | **{c.verdict.value}** | {c.evidence} |" for c in claims]
+    if disagreements:  # `estimator_disagreement`: (run_id, (largest, smallest method), ratio)
+        lines += ["", f"**Flag:** leave-one-out estimators of beta that disagree by more than "
+                  f"{DISAGREEMENT_FACTOR:g}x (see the README's note on the three estimators):", ""]
+        lines += [f"- `{run}`: beta_hat of {high} is {ratio:.3g} times that of {low}"
+                  for run, (high, low), ratio in disagreements]
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in figures]
     if skipped:
@@ -234,13 +251,11 @@ def reproduce(profile: str | Profile, out: str | Path, *, executor: str = "local
     }
     figure_list = study_figures(coll, ablation_arm, prof.focus)
     figures = save_figures(figure_list, figures_dir or out / "figures", provenance)
-    from .tables import ablation
-
-    claims = check_all(coll, ablation(coll.summary, ablation_arm, dropout_rate=prof.focus.dropout_rate,
-                                      n_instances=prof.focus.n_instances), prof.focus)
+    claims = check_all(coll, ablation_arm, prof.focus)
     wall = time.monotonic() - t0
     runs_wall = float(coll.runs["wall_s"].sum()) if "wall_s" in coll.runs else float("nan")
-    report = write_report(out / "report.md", prof, claims, figures, coll.skipped, wall, runs_wall, provenance)
+    report = write_report(out / "report.md", prof, claims, figures, coll.skipped, wall, runs_wall, provenance,
+                          disagreements=estimator_disagreement(coll.summary))
     return ReproduceResult(out, report, figures, claims, study.failed, wall)
 
 

@@ -37,10 +37,10 @@ over_p
 # %%
 inverted_u = claims.inverted_u_over_p(summary, focus)
 rises = claims.rises_with_n(summary, focus)
-print(inverted_u.held, inverted_u.evidence)
-print(rises.held, rises.evidence)
+print(inverted_u.verdict.value, inverted_u.evidence)
+print(rises.verdict.value, rises.evidence)
 # the mechanism the theory names: more dropout, higher training risk
 r_hat = over_p[over_p["series"] == "training risk (full)"].set_index("dropout_rate")["mean"]
 assert r_hat.iloc[-1] > r_hat.iloc[0], r_hat
-if scale != "tiny":
-    assert inverted_u.held and rises.held, (inverted_u, rises)
+# empirical claims: their verdicts are reported, not asserted; the study must be able to measure them
+assert claims.Verdict.NOT_EVALUABLE not in (inverted_u.verdict, rises.verdict), (inverted_u, rises)

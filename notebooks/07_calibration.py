@@ -47,6 +47,5 @@ for run_id, g in bins[(bins["split"] == "test") & (bins["predictor"] == "ensembl
     checked += 1
 assert checked == len(coll.runs)
 lower = claims.lower_ece(coll.summary, focus)
-print(lower.held, lower.evidence)
-if scale != "tiny":
-    assert lower.held, lower
+print(lower.verdict.value, lower.evidence)
+assert lower.verdict is not claims.Verdict.NOT_EVALUABLE, lower  # reported, not asserted: an empirical claim

@@ -94,3 +94,22 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
     # resuming does no training: every run is already done
     again = reproduce(profile, tmp_path, progress=False)
     assert again.claims == result.claims
+
+
+def test_full_profile_can_decide_the_adalora_claim_and_draws_curves():
+    """The full profile runs AdaLoRA with and without LoRA Dropout over the LoRA runs' seeds, and the runs of
+    Figures 1 and 3 have at least 10 evaluation points (counted here from the schedule, not from the code)."""
+    points = make_profile("full").spec.expand()
+    seeds = {}
+    for pt in points:
+        c = pt.config
+        seeds.setdefault((c.adapter.method, c.lora_dropout.dropout_rate, c.lora_dropout.n_instances),
+                         set()).add(c.train.seed)
+    assert seeds[("adalora", 0.0, 1)] == seeds[("adalora", 0.3, 2)] == seeds[("lora", 0.0, 1)] == {0, 1, 2}
+    for pt in points:
+        c, ld = pt.config, pt.config.lora_dropout
+        if c.adapter.method == "lora" and (ld.dropout_rate, ld.n_instances) in {(0.0, 1), (0.3, 2)}:
+            tc = c.train
+            n_steps = tc.epochs * -(-tc.n_train // tc.batch_size)
+            evals = set(range(tc.eval_every, n_steps + 1, tc.eval_every)) | {n_steps} | ({0} if tc.eval_at_start else set())
+            assert len(evals) >= 10, (pt.run_id, sorted(evals))
