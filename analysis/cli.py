@@ -151,7 +151,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return 2
     result = _guarded(lambda: probe_run(
         args.run_dir, curvature=args.curvature, spaces=tuple(args.spaces), stability_k=args.stability_k,
-        methods=tuple(args.methods), lam=args.lam, probe_examples=args.probe_examples, tol=args.tol,
+        methods=tuple(args.methods), lam=args.lam, probe_examples=args.probe_examples,
+        lipschitz_examples=args.lipschitz_examples, tol=args.tol,
         warm_epochs=args.warm_epochs, seed=args.seed, device=args.device, progress=not args.quiet))
     if isinstance(result, int):
         return result
@@ -160,6 +161,21 @@ def cmd_probe(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     for method, reason in result.skipped.items():
         print(f"{method}: not estimated: {reason}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lora_dropout.evaluate_file import evaluate_file
+
+    quiet_libraries()
+    try:
+        result = evaluate_file(args.run_dir, args.data, text_column=args.text_column, label_column=args.label_column,
+                               name=args.name, device=args.device, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
+        return 130
+    print(f"evaluation: {result.out_dir} ({result.meta['source']['n']} examples, step {result.meta['step']})")
+    print(_format_final({f"{result.meta['name']}/{p}": m for p, m in result.meta["final"].items()}))
     return 0
 
 
@@ -233,11 +249,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                         figures_dir=args.figures_dir))
     if isinstance(result, int):
         return result
-    mark = {True: "held", False: "did NOT hold", None: "not evaluable"}
     print(f"report: {result.report}")
     print(f"figures: {len(result.figures)} in {result.figures[0].parent if result.figures else '-'}")
     for claim in result.claims:
-        print(f"  [{mark[claim.held]:>12}] {claim.statement}")
+        print(f"  [{claim.verdict.value:>13}] {claim.statement}")
     for run_id, error in result.failed.items():
         print(f"  failed run {run_id}: {error}")
     print(f"wall time: {result.wall_s / 60:.1f} minutes")
@@ -272,13 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["retrain", "warm_start", "influence"], help="stability estimators")
     probe.add_argument("--lam", type=float, default=1.0, help="lambda of the regularised loss (default: 1.0)")
     probe.add_argument("--probe-examples", type=_positive_int, default=128,
-                       help="training examples the curvature probes use (default: 128)")
+                       help="training examples the Hessian probes (Lanczos) and the influence Hessian use "
+                            "(default: 128)")
+    probe.add_argument("--lipschitz-examples", type=_positive_int, default=None, metavar="K",
+                       help="training examples the Lipschitz (eta) and stationarity probes use (default: all, "
+                            "so eta is the max over every training example; a subset is labelled in the "
+                            "bound reports)")
     probe.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (default: 1e-3)")
     probe.add_argument("--warm-epochs", type=int, default=1, help="epochs of a warm start (default: 1)")
     probe.add_argument("--seed", type=int, default=0, help="seed of the leave-one-out indices (default: 0)")
     probe.add_argument("--device", default=None, help="device (default: the run's)")
     probe.add_argument("--quiet", action="store_true", help="no progress bar")
     probe.set_defaults(func=_friendly(cmd_probe))
+
+    ev = sub.add_parser("evaluate", help="score a finished run's predictors on another labelled file",
+                        description="Evaluate a finished run (its adapter and LoRA Dropout config) on a labelled "
+                                    "CSV/TSV/JSONL file: per-sample, summary and calibration tables of every "
+                                    "predictor go to RUN_DIR/evaluations/NAME/; the run's own record is not "
+                                    "touched. Labels are matched to the run's labels by name.")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("--data", type=Path, required=True, metavar="FILE", help="labelled .csv/.tsv/.jsonl file")
+    ev.add_argument("--text-column", help="text column of FILE (default: the run's)")
+    ev.add_argument("--label-column", help="label column of FILE (default: the run's)")
+    ev.add_argument("--name", help="name of the evaluation folder (default: FILE's stem)")
+    ev.add_argument("--device", default=None, help="device (default: the run's)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation of the same name")
+    ev.set_defaults(func=_friendly(cmd_evaluate))
 
     sweep = sub.add_parser("sweep", help="a grid of runs over config fields (resumable)",
                            description="Run a grid of configurations into a study directory; re-running skips "
