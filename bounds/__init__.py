@@ -32,6 +32,11 @@ _EXPORTS = {
     "report": ("Assumption", "BoundReport", "evaluate_run"),
     "compression": ("ensemble_compression", "subensemble_losses"),
     "curves": ("bound_curve",),
+    "pacbayes": (
+        "DropoutKL", "EnsembleCertificate", "GibbsLoss", "PacBayesCertificate", "bernoulli_kl", "certificate",
+        "dropout_kl", "ensemble_transfer", "grid_delta", "kl_inv_upper", "monte_carlo_upper",
+        "pac_bayes_kl_bound", "pac_bayes_kl_rhs",
+    ),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

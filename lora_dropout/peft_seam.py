@@ -27,6 +27,7 @@ import torch
 from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.lora.layer import LoraLayer
+from peft.utils.other import ModulesToSaveWrapper
 
 _ATTR = "_lora_dropout_site_fn"
 
@@ -235,3 +236,75 @@ def adalora_orth_reg(model: torch.nn.Module) -> torch.Tensor | None:
     if count == 0:
         return None
     return weight * total / count
+
+
+# -- posterior sampling (theory.md section 6; used by `lora_dropout.posterior`) ----------------------
+
+
+def factor_modules(site: LoraSite) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The ``nn.Linear`` modules holding ``A`` (``lora_A``) and ``B`` (``lora_B``) of a LoRA site.
+
+    Both peft's forward and the installed LoRA Dropout forward compute the branch as
+    ``lora_B(lora_A(h))`` by calling these modules, so a forward hook on ``lora_A`` sees the (masked)
+    branch input ``h`` and one on ``lora_B`` sees ``A h``: that is where the PAC-Bayes posterior adds
+    its per-example perturbations of the factors.
+
+    Raises
+    ------
+    ValueError
+        For AdaLoRA sites (their factors are bare parameters with ``Lambda`` between them, and the
+        posterior of theory.md section 6 is defined on LoRA's ``A`` and ``B``) and for ``lora_bias``
+        (``B`` then carries a bias, a parameter the posterior does not define).
+    """
+    if site.kind != "lora":
+        raise ValueError(
+            f"posterior sampling (theory.md section 6) perturbs LoRA factors A and B; site {site.name} is "
+            f"{site.kind!r} (AdaLoRA is not supported)"
+        )
+    lora_a, lora_b = site.layer.lora_A[site.adapter], site.layer.lora_B[site.adapter]
+    if getattr(lora_a, "bias", None) is not None or getattr(lora_b, "bias", None) is not None:
+        raise ValueError(f"posterior sampling does not support lora_bias=True (site {site.name} has a LoRA bias)")
+    return lora_a, lora_b
+
+
+def site_is_active(site: LoraSite) -> bool:
+    """Whether the site's adapter takes part in the forward pass (active and not disabled)."""
+    return site.adapter in site.layer.active_adapters and not site.layer.disable_adapters
+
+
+def trained_heads(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The trained heads: peft's ``modules_to_save`` copies that the forward pass uses.
+
+    For every ``ModulesToSaveWrapper`` with adapters enabled, the copy its forward calls
+    (``modules_to_save[active_adapters[0]]``), with its qualified module name in ``model``.
+    """
+    heads = []
+    for name, module in model.named_modules():
+        if not isinstance(module, ModulesToSaveWrapper) or module.disable_adapters or not module.active_adapters:
+            continue
+        adapter = module.active_adapters[0]
+        if adapter in module.modules_to_save:
+            heads.append((f"{name}.modules_to_save.{adapter}", module.modules_to_save[adapter]))
+    return heads
+
+
+def adapter_file_names(model: torch.nn.Module) -> dict[str, str]:
+    """``{name in model.state_dict(): name in peft's adapter file}`` for every adapter's saved tensors.
+
+    peft strips the adapter name when it saves (``...lora_A.default.weight`` -> ``...lora_A.weight``,
+    ``classifier.modules_to_save.default.weight`` -> ``classifier.weight``); the mapping is read off
+    ``get_peft_model_state_dict`` itself (by tensor identity), so it follows peft's own rules. Empty
+    when ``model`` is not a ``PeftModel``.
+    """
+    if not hasattr(model, "peft_config"):
+        return {}
+    from peft import get_peft_model_state_dict
+
+    by_ptr = {(p.data_ptr(), tuple(p.shape)): n for n, p in model.named_parameters()}
+    names: dict[str, str] = {}
+    for adapter in model.peft_config:
+        for saved, tensor in get_peft_model_state_dict(model, adapter_name=adapter).items():
+            full = by_ptr.get((tensor.data_ptr(), tuple(tensor.shape)))
+            if full is not None:
+                names[full] = saved
+    return names
