@@ -146,7 +146,7 @@ def _load_model(run_dir: Path, meta: dict, config, num_labels: int):
     from safetensors.torch import load_file
 
     from .persist import read_lora_dropout_config
-    from .train import build_model, resolve_device, steps_per_epoch
+    from .train import build_model, phases, resolve_device
 
     adapter = run_dir / "adapter"
     weights_path = adapter / "adapter_model.safetensors"
@@ -158,7 +158,7 @@ def _load_model(run_dir: Path, meta: dict, config, num_labels: int):
         from .train import load_splits
 
         n_train = len(load_splits(tc).train)
-    model, handle = build_model(config, num_labels, tc.epochs * steps_per_epoch(int(n_train), tc.batch_size))
+    model, handle = build_model(config, num_labels, phases(tc, int(n_train)).total_steps)
     saved = read_lora_dropout_config(adapter)
     if saved != handle.config:
         raise ValueError(f"{adapter}: its LoRA Dropout config {saved.to_dict()} differs from the run's "

@@ -82,6 +82,15 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping; none = off"})
+    prior_fraction: float = field(default=0.0, metadata={
+        "help": "PAC-Bayes prior (theory.md section 6): share alpha of the training examples, the first "
+                "floor(alpha n) of the seeded prior order, that a prior mean is first trained on (epochs, lr); "
+                "the posterior is then trained from it on all n. 0 (default) = the data-free prior, the seeded "
+                "initialisation"})
+    posterior_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the posterior phase (training from the prior on all examples); none = lr"})
+    posterior_epochs: int | None = field(default=None, metadata={
+        "help": "epochs of the posterior phase; none = epochs"})
     max_length: int = field(default=64, metadata={"help": "tokens per text (truncation)"})
     base_dropout: float | None = field(default=0.0, metadata={
         "help": "the base model's own dropout; 0 (default) leaves LoRA Dropout as the only noise, none keeps the "
@@ -115,6 +124,17 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr={self.lr!r} must be a positive number")
+        if isinstance(self.prior_fraction, bool) or not isinstance(self.prior_fraction, (int, float)) or not (
+                0.0 <= self.prior_fraction < 1.0):
+            raise ValueError(f"prior_fraction={self.prior_fraction!r} must be a number in [0, 1)")
+        if self.posterior_lr is not None and not (
+                isinstance(self.posterior_lr, (int, float)) and not isinstance(self.posterior_lr, bool)
+                and self.posterior_lr > 0 and math.isfinite(self.posterior_lr)):
+            raise ValueError(f"posterior_lr={self.posterior_lr!r} must be None or a positive number")
+        if self.posterior_epochs is not None and (
+                isinstance(self.posterior_epochs, bool) or not isinstance(self.posterior_epochs, int)
+                or self.posterior_epochs < 0):
+            raise ValueError(f"posterior_epochs={self.posterior_epochs!r} must be None or an integer >= 0")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
@@ -157,6 +177,12 @@ class RunConfig:
             raise ValueError(
                 f"lora_dropout.seed={self.lora_dropout.seed!r}: in a run the mask seed is derived from train.seed "
                 "(meta.json records it under seeds.masks); set train.seed instead"
+            )
+        if self.train.prior_fraction > 0 and self.adapter.method == "adalora":
+            raise ValueError(
+                f"train.prior_fraction={self.train.prior_fraction!r} with adapter.method='adalora': a trained prior "
+                "is implemented for LoRA only (AdaLoRA's rank allocation would span two training phases, and the "
+                "PAC-Bayes KL is stated for LoRA's A and B); use method='lora' or prior_fraction=0"
             )
 
     def to_dict(self) -> dict[str, Any]:

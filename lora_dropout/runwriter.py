@@ -4,6 +4,8 @@
   ``running`` until the end, then ``success``, or ``failed`` with the error (``interrupted`` for
   Ctrl-C), so a reader never sees a half-written file and always knows whether a run finished.
 - ``steps.jsonl`` lines are appended and flushed as each evaluation ends.
+- Other files (``prior/``: tensors as safetensors, JSON) are written atomically by `save_tensors` and
+  `save_json`, at paths relative to the run directory.
 - Parquet tables accumulate in memory and are rewritten atomically after each evaluation: an
   interrupted run keeps every table as of its last evaluation. (The per-sample table grows with
   evaluations x examples x members, and is rewritten whole each time; at the sizes of the profiles,
@@ -43,7 +45,7 @@ class RunWriter:
     """Context manager around a run: marks it failed on any exception (and re-raises it)."""
 
     def __init__(self, run_dir: str | os.PathLike, *, run_id: str, config: dict, seeds: dict, data: dict,
-                 device: str):
+                 device: str, prior: dict | None = None):
         self.dir = Path(run_dir)
         if (self.dir / "meta.json").exists():
             raise FileExistsError(f"{self.dir} already holds a run; choose another run id or remove it")
@@ -54,7 +56,8 @@ class RunWriter:
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", "error": None,
             "config": config, "seeds": seeds, "versions": versions(), "git": git_info(), "device": device,
             "host": socket.gethostname(), "pid": os.getpid(),
-            "started_at": utc_now(), "finished_at": None, "wall_s": None, "data": data, "final": {},
+            "started_at": utc_now(), "finished_at": None, "wall_s": None, "data": data, "prior": prior,
+            "final": {},
         }
         self._write_meta()
 
@@ -86,6 +89,22 @@ class RunWriter:
             frame = pd.concat(frames, ignore_index=True)
             self._frames[table] = [frame]
             write_table(self.dir, table, frame)
+
+    def _file(self, relpath: str) -> Path:
+        path = self.dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_tensors(self, relpath: str, tensors: dict) -> Path:
+        """Write torch tensors (name -> tensor) as a safetensors file ``relpath``, atomically."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        return write_atomic(self._file(relpath), lambda tmp: save_file(tensors, str(tmp)))
+
+    def save_json(self, relpath: str, data: Any) -> Path:
+        """Write strict JSON to ``relpath`` (`bounds.runlog.write_json`: atomic)."""
+        return write_json(self._file(relpath), data)
 
     def set_final(self, final: dict) -> None:
         self.meta["final"] = final

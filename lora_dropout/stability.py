@@ -153,9 +153,16 @@ class LoraLooProblem:
                  batch_size: int = 16):
         import torch
 
-        from .train import build_model, trainable_parameters
+        from .train import build_model, phases, trainable_parameters
 
+        if loaded.config.train.prior_fraction > 0:
+            raise ValueError(
+                f"prior_fraction={loaded.config.train.prior_fraction!r}: this run trained a data-dependent prior "
+                "before its posterior, and leave-one-out retraining from the initialisation is implemented for "
+                "runs without one (prior_fraction=0)")
         self.run = loaded
+        # the run's training is its posterior phase (from the initialisation when prior_fraction = 0)
+        self._phases = phases(loaded.config.train, len(loaded.prepared.train))
         self.lam = lam
         self.warm_epochs = warm_epochs
         self.data = loaded.prepared.train
@@ -219,22 +226,23 @@ class LoraLooProblem:
     # -- estimators ---------------------------------------------------------------------------------
 
     def _train(self, start: list, exclude: set[int], *, epochs: int | None, first_epoch: int, first_step: int):
-        from .train import fit
+        from .train import fit, make_optimizer
 
         self._load(start)
-        fit(self.run.model, self.run.handle, self.data, self.run.config.train, exclude=exclude, epochs=epochs,
-            first_epoch=first_epoch, first_step=first_step)
+        tc = self.run.config.train
+        optimizer, scheduler = make_optimizer(self.run.model, tc, lr=self._phases.posterior_lr)
+        fit(self.run.model, self.run.handle, self.data, tc, exclude=exclude, epochs=epochs,
+            first_epoch=first_epoch, first_step=first_step, optimizer=optimizer, scheduler=scheduler)
         return self._snapshot()
 
     def retrain(self, i: int | None) -> list:
         """theta(S^i) by coupled retraining from the run's initialisation (``i=None``: theta(S) again)."""
         exclude = set() if i is None else {self.sample_id(i)}
-        return self._train(self._init, exclude, epochs=None, first_epoch=0, first_step=0)
+        return self._train(self._init, exclude, epochs=self._phases.posterior_epochs, first_epoch=0, first_step=0)
 
     def warm_start(self, i: int | None) -> list:
         exclude = set() if i is None else {self.sample_id(i)}
-        tc = self.run.config.train
-        return self._train(self._theta, exclude, epochs=self.warm_epochs, first_epoch=tc.epochs,
+        return self._train(self._theta, exclude, epochs=self.warm_epochs, first_epoch=self._phases.posterior_epochs,
                            first_step=self.run.n_steps)
 
     def influence(self, i: int) -> tuple[float, float]:

@@ -11,7 +11,19 @@ init       the new classification head and LoRA's A (torch global RNG, seeded be
 order      ``np.random.default_rng([order_seed, epoch]).permutation(n)`` per epoch
 masks      counter-based, keyed by (seed, epoch, sample_id, instance) (`LoraDropout.sample`)
 dropout    the base model's own dropout, if enabled (torch global RNG, seeded at the start)
+prior      ``np.random.default_rng(prior_seed).permutation(n)``: the prior order (`prior_order`)
 =========  =================================================================================
+
+Two phases (theory.md section 6, "Priors"; `phases`): with ``prior_fraction = alpha > 0`` a prior mean
+is first trained on the prior examples, the first ``floor(alpha n)`` positions of `prior_order` (a
+stream of its own, so independent of every epoch's order), exactly as a run on just those examples
+(`fit` on ``data.subset(prior_positions(...))``: ``epochs`` at ``lr``, same masks, N instances and
+objective; its epoch orders are ``epoch_order(n_prior, seed, e)`` over that subset). The posterior then
+trains from the prior on all ``n`` examples with a fresh optimizer at ``posterior_lr`` for
+``posterior_epochs``, continuing the streams: its epochs are numbered from ``epochs`` and its steps from
+the prior's last, so its data orders and masks are fresh. With ``alpha = 0`` there is no prior phase
+(the prior is the seeded initialisation) and the posterior phase is the whole run, from epoch 0 and
+step 0, exactly as a run without a prior.
 """
 
 from __future__ import annotations
@@ -35,6 +47,58 @@ from .runconfig import DEFAULT_DATA, RunConfig, TrainConfig, derive_seed
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Positions ``0..n-1`` in the order epoch ``epoch`` visits them."""
     return np.random.default_rng([derive_seed(seed, "order"), epoch]).permutation(n)
+
+
+def prior_order(n: int, seed: int) -> np.ndarray:
+    """Positions ``0..n-1`` in the seeded prior order: a data-dependent prior trains on a prefix of it."""
+    return np.random.default_rng(derive_seed(seed, "prior")).permutation(n)
+
+
+def prior_size(n: int, fraction: float) -> int:
+    """``floor(fraction * n)`` (rounded to 9 decimals first, so ``0.29 * 100`` is 29, not 28)."""
+    return math.floor(round(fraction * n, 9))
+
+
+def prior_positions(n: int, tc: TrainConfig) -> np.ndarray:
+    """Positions (in the training split's order, ascending) of the examples the prior trains on."""
+    return np.sort(prior_order(n, tc.seed)[: prior_size(n, tc.prior_fraction)])
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The optimizer steps of a run of ``n`` training examples: prior phase, then posterior phase."""
+
+    n_prior: int  # examples the prior trains on (0: the data-free prior, no prior phase)
+    prior_steps: int
+    posterior_first_epoch: int  # the epoch number (data-order and mask streams) the posterior starts at
+    posterior_epochs: int
+    posterior_lr: float
+    posterior_steps: int
+
+    @property
+    def total_steps(self) -> int:
+        """The step counter at the end of the run (it continues from the prior phase into the posterior's)."""
+        return self.prior_steps + self.posterior_steps
+
+
+def phases(tc: TrainConfig, n: int) -> Phases:
+    """The two training phases of a run of ``n`` examples under ``tc`` (see the module docstring).
+
+    Raises ValueError when ``prior_fraction > 0`` gives no prior example.
+    """
+    n_prior = prior_size(n, tc.prior_fraction)
+    if tc.prior_fraction > 0 and n_prior == 0:
+        raise ValueError(f"prior_fraction={tc.prior_fraction!r} of n_train={n} gives no prior example "
+                         f"(floor({tc.prior_fraction!r} * {n}) = 0); use a larger fraction or 0")
+    epochs = tc.epochs if tc.posterior_epochs is None else tc.posterior_epochs
+    return Phases(
+        n_prior=n_prior,
+        prior_steps=tc.epochs * steps_per_epoch(n_prior, tc.batch_size) if n_prior else 0,
+        posterior_first_epoch=tc.epochs if n_prior else 0,
+        posterior_epochs=epochs,
+        posterior_lr=tc.lr if tc.posterior_lr is None else tc.posterior_lr,
+        posterior_steps=epochs * steps_per_epoch(n, tc.batch_size),
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,8 +190,18 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def make_optimizer(model: torch.nn.Module, tc: TrainConfig):
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=tc.lr, weight_decay=tc.weight_decay)
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters as peft saves them (`get_peft_model_state_dict` names: the keys of
+    ``adapter/adapter_model.safetensors``), detached copies on the CPU."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig, *, lr: float | None = None):
+    """AdamW with ``tc``'s settings and warm-up; ``lr`` overrides ``tc.lr`` (the posterior phase's)."""
+    lr = tc.lr if lr is None else lr
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=tc.weight_decay)
     warm = tc.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     return optimizer, scheduler
@@ -164,7 +238,8 @@ def fit(
 
     Parameters
     ----------
-    exclude : sample ids skipped (leave-one-out): the order of the others is unchanged.
+    exclude : sample ids skipped (leave-one-out): the order of the others is unchanged. (The prior phase
+        of a run instead trains on ``data.subset(prior_positions(...))``: see the module docstring.)
     on_step : called after each optimizer step.
     should_eval, on_eval : ``should_eval(step, end_of_epoch)`` decides; ``on_eval(step, epoch)`` evaluates.
     epochs, first_epoch : train epochs ``first_epoch .. first_epoch + epochs - 1`` (default: all of
