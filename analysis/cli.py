@@ -153,7 +153,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         args.run_dir, curvature=args.curvature, spaces=tuple(args.spaces), stability_k=args.stability_k,
         methods=tuple(args.methods), lam=args.lam, probe_examples=args.probe_examples,
         lipschitz_examples=args.lipschitz_examples, tol=args.tol,
-        warm_epochs=args.warm_epochs, seed=args.seed, device=args.device, progress=not args.quiet))
+        warm_epochs=args.warm_epochs, seed=args.seed, device=args.device, progress=not args.quiet,
+        hypothesis=args.hypothesis))
     if isinstance(result, int):
         return result
     for path in (result.probes, result.stability):
@@ -259,6 +260,53 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _format_certificates(table, reports) -> str:
+    """One line per posterior_std (KL, empirical Gibbs error, its Monte Carlo upper value, certificate,
+    measured test Gibbs error, ensemble bound), then the best of each report."""
+    lines = [f"  {'posterior_std':>13} {'KL':>11} {'gibbs_err':>9} {'MC upper':>9} {'certificate':>11} "
+             f"{'test_err':>8} {'lin_cert':>8} {'ens_0-1':>7}"]
+    for r in table.itertuples():
+        lines.append(f"  {r.posterior_std:>13.6g} {r.kl:>11.5g} {r.train_gibbs_error:>9.4f} {r.gibbs_upper:>9.4f} "
+                     f"{r.certificate:>11.4f}{'*' if r.vacuous else ' '}{r.test_gibbs_error:>8.4f} "
+                     f"{r.linear_certificate:>8.4f} {r.ensemble_zero_one:>7.4f}")
+    lines.append("  (* vacuous: certificate >= 1)")
+    for report in reports:
+        sigma = {q.name: q.value for q in report.inputs}.get("posterior_std", float("nan"))
+        lines.append(f"best {report.name} [{report.status}]: {report.value:.4f} at posterior_std={sigma:g}; "
+                     f"measured {report.measured_name} = {report.measured:.4f}")
+        failing = [a.name for a in report.assumptions if a.holds is False]
+        if failing:
+            lines.append(f"  audit FAILS: {', '.join(failing)} (see bounds.json)")
+    return "\n".join(lines)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    from bounds.certificate_report import certificate_reports, certificate_table, write_certificate_entries
+    from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
+    from lora_dropout.certify import certify_run
+
+    quiet_libraries()
+    grid = tuple(args.posterior_std_grid or DEFAULT_POSTERIOR_STD_GRID)
+    try:
+        result = certify_run(args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws,
+                             delta=args.delta, delta_mc=args.delta_mc, prior=args.prior, batch_size=args.batch_size,
+                             seed=args.seed, device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
+        return 130
+    reports = certificate_reports(args.run_dir, posterior_std_grid=grid)
+    row = result.table.iloc[0]
+    print(f"certify {reports[0].run_id}: prior={result.prior}, n_b={int(row.n_bound)}, k={int(row.draws)}, "
+          f"n_test={int(row.n_test)}, delta={row.delta:g} + delta_mc={row.delta_mc:g} over {len(grid)} "
+          f"posterior_std, {result.passes} passes (grid x k) over the certified and test splits")
+    print(_format_certificates(certificate_table(result.table), reports))
+    settings = {"posterior_std_grid": list(grid), "posterior_draws": args.posterior_draws, "delta": args.delta,
+                "delta_mc": args.delta_mc, "prior": result.prior, "seed": int(row.seed)}
+    target = write_certificate_entries(args.run_dir, reports, settings)
+    print(f"wrote {result.path}\nwrote {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-dropout", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--methods", nargs="+", default=["retrain", "warm_start", "influence"],
                        choices=["retrain", "warm_start", "influence"], help="stability estimators")
     probe.add_argument("--lam", type=float, default=1.0, help="lambda of the regularised loss (default: 1.0)")
+    probe.add_argument("--hypothesis", choices=["unmasked", "expected"], default="unmasked",
+                       help="predictor the curvature probes measure: the unmasked model, or the expected "
+                            "predictor (every dW times its training mean, (1-p)^2 without rescale), the mean "
+                            "predictor of the masked loss training minimised; probes.parquet keeps the other "
+                            "hypothesis's rows (default: unmasked)")
     probe.add_argument("--probe-examples", type=_positive_int, default=128,
                        help="training examples the Hessian probes (Lanczos) and the influence Hessian use "
                             "(default: 128)")
@@ -347,6 +400,31 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
     rep.add_argument("--figures-dir", type=Path, help="where figures go (default: OUT/figures)")
     rep.set_defaults(func=_friendly(cmd_reproduce))
+
+    cert = sub.add_parser("certify", help="PAC-Bayes dropout certificate of a finished run (toolkit's own)",
+                          description="Measure the PAC-Bayes dropout certificate (theory.md section 6) of a finished "
+                                      "run against its prior (RUN_DIR/prior/): KL and empirical Gibbs errors per "
+                                      "posterior_std, written to certificates.parquet; the certificates go into "
+                                      "bounds.json.")
+    cert.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    cert.add_argument("--posterior-std-grid", type=float, nargs="+", default=None, metavar="SIGMA",
+                      help="posterior_std values, fixed before looking at the data (default: 0.001 0.003 0.01 "
+                           "0.03 0.1)")
+    cert.add_argument("--posterior-draws", type=_positive_int, default=4, metavar="K",
+                      help="posterior draws per example (default: 4)")
+    cert.add_argument("--delta", type=float, default=0.05, help="PAC-Bayes failure probability (default: 0.05)")
+    cert.add_argument("--delta-mc", type=float, default=0.01,
+                      help="Monte Carlo failure probability (default: 0.01)")
+    cert.add_argument("--prior", choices=["init", "trained"], default=None,
+                      help="prior mean: the seeded initialisation or the prior trained on the first prior_fraction "
+                           "of the data (default: trained if present, else init)")
+    cert.add_argument("--batch-size", type=_positive_int, default=None,
+                      help="examples per forward pass before tiling by K (default: the run's eval batch size)")
+    cert.add_argument("--seed", type=int, default=None,
+                      help="root of the posterior noise (default: the run's mask seed)")
+    cert.add_argument("--device", default=None, help="device (default: the run's)")
+    cert.add_argument("--quiet", action="store_true", help="no progress bar")
+    cert.set_defaults(func=_friendly(cmd_certify))
 
     from bounds.cli import register as register_bounds
 

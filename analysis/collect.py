@@ -112,13 +112,17 @@ def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd
         add(f"measured:{report.name}", report.measured)
         add(f"vacuous:{report.name}", float(report.vacuous))
         stderr = next((q.stderr for q in report.inputs if q.name == "beta_hat"), math.nan)
-        if report.name.startswith("prop42["):
+        for q in report.diagnostics:  # Thm 4.4: what it would take (lam_needed, n_needed)
+            if q.name in ("lam_needed", "n_needed"):
+                add(f"{q.name}:{report.name}", q.value)
+        if report.name.startswith("prop42[") and not report.name.endswith("[expected]"):
             add(f"beta_hat:{report.name[7:-1]}", report.measured, stderr)
     if probes is not None:
         for r in probes.itertuples():
-            add(f"{r.quantity}:{r.space}", r.value, r.stderr)
+            at = "" if r.hypothesis == "unmasked" else f"[{r.hypothesis}]"  # e.g. hessian_min_eig:delta_w[expected]
+            add(f"{r.quantity}:{r.space}{at}", r.value, r.stderr)
             if r.quantity.startswith("hessian_"):  # Lanczos: whether the Ritz value met its tolerance
-                add(f"{r.quantity}_converged:{r.space}", float(r.converged))
+                add(f"{r.quantity}_converged:{r.space}{at}", float(r.converged))
     if modules is not None and len(modules):
         add("sparsity_nominal", modules["nominal_sparsity"].iloc[0])
         add("sparsity_realised", modules["dw_zero_fraction"].mean(),
@@ -138,6 +142,8 @@ def _collect_run(run: RunLog, run_dir: Path, state: str, *, delta, lam, loss_ran
     """Every table's rows for one run (raises on anything wrong with it; `collect` reports and skips)."""
     reports = evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range)
     probes = run.table("probes") if run.has("probes") else None
+    if probes is not None and (probes["hypothesis"] == "expected").any():  # theorem44[expected], ...
+        reports += evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range, hypothesis="expected")
     modules = None
     if run.has("modules"):
         m = run.table("modules")

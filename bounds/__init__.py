@@ -19,7 +19,7 @@ from typing import Any
 _EXPORTS = {
     "formulas": (
         "BoundValue", "Estimate", "Lemma43Form", "ensemble_risk_bound", "estimate_jensen_gap",
-        "estimate_mean",
+        "estimate_mean", "lam_needed", "n_needed",
         "lemma43_bound", "per_sample_jensen_gap", "sparsity", "stability_bound", "theorem44_bound",
         "theorem44_gap", "uniform_stability_bound",
     ),
@@ -37,6 +37,7 @@ _EXPORTS = {
         "dropout_kl", "ensemble_transfer", "grid_delta", "kl_inv_upper", "monte_carlo_upper",
         "pac_bayes_kl_bound", "pac_bayes_kl_rhs",
     ),
+    "certificate_report": ("certificate_reports", "certificate_table", "write_certificate_entries"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

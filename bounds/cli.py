@@ -14,7 +14,7 @@ from typing import Any
 from .estimators import LIPSCHITZ_QUANTITIES, SPACES
 from .formulas import Lemma43Form
 from .report import BoundReport, evaluate_run
-from .runlog import BOUND_PREDICTORS, SCHEMA_VERSION, RunLogError, write_json
+from .runlog import BOUND_PREDICTORS, HYPOTHESES, SCHEMA_VERSION, RunLogError, write_json
 
 __all__ = ["add_arguments", "bounds_document", "main", "register"]
 
@@ -42,13 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: max)")
     parser.add_argument("--space", choices=SPACES, default="delta_w",
                         help="parameter space of the probes (default: delta_w)")
-    parser.add_argument("--predictor", choices=BOUND_PREDICTORS, default="full",
-                        help="predictor whose risks the bounds use (default: full, the unmasked model the probes measure)")
+    parser.add_argument("--predictor", choices=BOUND_PREDICTORS, default=None,
+                        help="predictor whose risks the bounds use (default: the hypothesis's own: full, the "
+                             "unmasked model the probes measure, or deterministic at --hypothesis expected)")
+    parser.add_argument("--hypothesis", choices=HYPOTHESES, nargs="+", default=["unmasked"],
+                        help="the predictor whose probes and risks the bounds use: unmasked (every report) and/or "
+                             "expected (every dW times its training mean; prop42[expected] and "
+                             "theorem44[expected], from `lora-dropout probe RUN_DIR --curvature --hypothesis "
+                             "expected`); several: each one's reports (default: unmasked)")
     parser.add_argument("--form", choices=[f.value for f in Lemma43Form], default="printed",
                         help="constant of Lemma 4.3 (default: printed)")
     parser.add_argument("--stability-method", default=None,
                         help="leave-one-out method for Lemma 4.3 and B&E Thm 12 (default: retrain, else "
                              "warm_start, else influence)")
+    parser.add_argument("--posterior-std-grid", type=_positive_float, nargs="+", default=None, metavar="SIGMA",
+                        help="the posterior_std grid `lora-dropout certify` was given, checked against "
+                             "certificates.parquet (default: the default grid)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print, write ``bounds.json``; 2 with a message when the run cannot be read."""
     settings = {"delta": args.delta, "lam": args.lam, "loss_range": args.loss_range,
                 "lipschitz": args.lipschitz, "space": args.space, "predictor": args.predictor,
-                "form": args.form, "stability_method": args.stability_method}
+                "form": args.form, "stability_method": args.stability_method,
+                "hypothesis": list(getattr(args, "hypothesis", ["unmasked"]))}
+    if getattr(args, "posterior_std_grid", None) is not None:
+        settings["posterior_std_grid"] = args.posterior_std_grid
     try:
         reports = evaluate_run(args.run_dir, **settings)
     except (RunLogError, ValueError) as exc:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .formulas import Estimate, estimate_mean, per_sample_jensen_gap, sparsity
-from .runlog import BOUND_PREDICTORS, SPLITS, TABLES, RunLogError, jsonable
+from .runlog import BOUND_PREDICTORS, HYPOTHESES, SPLITS, TABLES, RunLogError, jsonable
 
 __all__ = [
     "LIPSCHITZ_QUANTITIES",
@@ -72,10 +72,12 @@ STABILITY_METHODS = ("retrain", "warm_start", "influence")
 class MissingMeasurementError(RunLogError):
     """A table is present but lacks the row a computation needs; the message names it and its producer."""
 
-    def __init__(self, table: str, what: str, present: str, run_dir: str | Path | None = None):
+    def __init__(self, table: str, what: str, present: str, run_dir: str | Path | None = None,
+                 producer_options: str = ""):
         spec = TABLES[table]
         self.table = table
         producer = spec.producer if run_dir is None else spec.producer.replace("RUN_DIR", str(run_dir))
+        producer += producer_options
         super().__init__(f"{spec.filename} has no {what} (present: {present or 'nothing'}); "
                          f"produce it with: {producer}")
 
@@ -373,8 +375,16 @@ def risks_of(train: LossMatrix, test: LossMatrix, predictor: str, loss_range: Lo
 # --------------------------------------------------------------------------------------------------
 
 
+def _probe_row(probes: pd.DataFrame, quantity: str, space: str, hypothesis: str) -> pd.DataFrame:
+    """The rows of (quantity, space, hypothesis); a table without ``hypothesis`` holds unmasked rows only."""
+    if hypothesis not in HYPOTHESES:
+        raise ValueError(f"hypothesis={hypothesis!r} is not one of {HYPOTHESES}")
+    hyp = probes["hypothesis"] if "hypothesis" in probes else pd.Series("unmasked", index=probes.index)
+    return probes[(probes["quantity"] == quantity) & (probes["space"] == space) & (hyp == hypothesis)]
+
+
 def probe_quantity(probes: pd.DataFrame, quantity: str, space: str = "delta_w", *, name: str | None = None,
-                   run_dir: str | Path | None = None) -> Quantity:
+                   run_dir: str | Path | None = None, hypothesis: str = "unmasked") -> Quantity:
     """One measurement of ``probes.parquet`` (``quantity``, ``space``) as a `Quantity`.
 
     Parameters
@@ -389,6 +399,8 @@ def probe_quantity(probes: pd.DataFrame, quantity: str, space: str = "delta_w", 
         Name of the returned quantity; default ``quantity``.
     run_dir : path, optional
         Used in the error message's producer command.
+    hypothesis : {"unmasked", "expected"}
+        The predictor the row was measured at (``bounds.runlog.HYPOTHESES``).
 
     Raises
     ------
@@ -397,25 +409,31 @@ def probe_quantity(probes: pd.DataFrame, quantity: str, space: str = "delta_w", 
     """
     if space not in SPACES:
         raise ValueError(f"space={space!r} is not one of {SPACES}")
-    row = probes[(probes["quantity"] == quantity) & (probes["space"] == space)]
+    row = _probe_row(probes, quantity, space, hypothesis)
     if row.empty:
-        present = ", ".join(f"{q}/{s}" for q, s in probes[["quantity", "space"]].itertuples(index=False))
-        raise MissingMeasurementError("probes", f"row quantity={quantity} space={space}", present, run_dir)
+        hyp = probes["hypothesis"] if "hypothesis" in probes else ["unmasked"] * len(probes)
+        present = ", ".join(f"{q}/{s}" + ("" if h == "unmasked" else f"/{h}")
+                            for q, s, h in zip(probes["quantity"], probes["space"], hyp, strict=True))
+        where = "" if hypothesis == "unmasked" else f" hypothesis={hypothesis}"
+        raise MissingMeasurementError("probes", f"row quantity={quantity} space={space}{where}", present, run_dir,
+                                      "" if hypothesis == "unmasked" else f" --hypothesis {hypothesis}")
     r = row.iloc[0]
     stderr = float(r["stderr"]) if pd.notna(r["stderr"]) else math.nan
     lam = "" if pd.isna(r["lam"]) else f", lam={float(r['lam']):g}"
-    source = (f"probes.parquet quantity={quantity} space={space} "
+    at = "" if hypothesis == "unmasked" else f" hypothesis={hypothesis}"
+    source = (f"probes.parquet quantity={quantity} space={space}{at} "
               f"(iterations={int(r['iterations'])}, n={int(r['n'])}{lam})")
     return Quantity(name or quantity, float(r["value"]), source, stderr=stderr, n=int(r["n"]))
 
 
-def probe_convergence(probes: pd.DataFrame, quantity: str, space: str) -> tuple[bool | None, float]:
+def probe_convergence(probes: pd.DataFrame, quantity: str, space: str,
+                      hypothesis: str = "unmasked") -> tuple[bool | None, float]:
     """``(converged, residual)`` of a probe row: did Lanczos reach its tolerance, and its residual.
 
     ``converged`` is None when the table does not record it (a ``probes.parquet`` written before the
     ``converged`` column) or the row is absent; ``residual`` is NaN where not recorded.
     """
-    row = probes[(probes["quantity"] == quantity) & (probes["space"] == space)]
+    row = _probe_row(probes, quantity, space, hypothesis)
     if row.empty:
         return None, math.nan
     residual = float(row["residual"].iloc[0]) if pd.notna(row["residual"].iloc[0]) else math.nan
@@ -424,9 +442,9 @@ def probe_convergence(probes: pd.DataFrame, quantity: str, space: str) -> tuple[
     return bool(row["converged"].iloc[0]), residual
 
 
-def probe_lam(probes: pd.DataFrame, quantity: str, space: str) -> float:
+def probe_lam(probes: pd.DataFrame, quantity: str, space: str, hypothesis: str = "unmasked") -> float:
     """The ``lam`` of the regularised loss a probe row was measured with (NaN when not recorded)."""
-    row = probes[(probes["quantity"] == quantity) & (probes["space"] == space)]
+    row = _probe_row(probes, quantity, space, hypothesis)
     return float(row["lam"].iloc[0]) if len(row) and pd.notna(row["lam"].iloc[0]) else math.nan
 
 

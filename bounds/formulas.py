@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .validation import check_array
+
 ArrayLike = float | np.ndarray
 
 __all__ = [
@@ -35,7 +37,9 @@ __all__ = [
     "ensemble_risk_bound",
     "estimate_jensen_gap",
     "estimate_mean",
+    "lam_needed",
     "lemma43_bound",
+    "n_needed",
     "per_sample_jensen_gap",
     "sparsity",
     "stability_bound",
@@ -131,57 +135,28 @@ class Lemma43Form(str, Enum):
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation and assembly
+# Assembly
 # --------------------------------------------------------------------------------------------------
 
 
-def _check(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    open_low: bool = False,
-    open_high: bool = False,
-    integer: bool = False,
-) -> np.ndarray:
-    """``value`` as a float array, or ValueError naming ``name`` and the first bad entry."""
-    x = np.asarray(value, dtype=float)
-    bad = ~np.isfinite(x)
-    requirement = "a finite integer" if integer else "a finite number"
-    if integer:
-        bad |= x != np.round(x)
-    if low is not None and high is not None:
-        bad |= (x <= low if open_low else x < low) | (x >= high if open_high else x > high)
-        requirement += f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    elif low is not None:
-        bad |= x <= low if open_low else x < low
-        requirement += f" {'>' if open_low else '>='} {low:g}"
-    if bad.any():
-        first = float(x[bad].flat[0])
-        where = f" ({int(bad.sum())} of {x.size} entries bad)" if x.ndim else ""
-        raise ValueError(f"{name} must be {requirement}, got {first!r}{where}")
-    return x
-
-
 def _rate(p: Any) -> np.ndarray:
-    return _check("dropout_rate p", p, low=0.0, high=1.0)
+    return check_array("dropout_rate p", p, low=0.0, high=1.0)
 
 
 def _n_train(n: Any) -> np.ndarray:
-    return _check("n_train n", n, low=1.0, integer=True)
+    return check_array("n_train n", n, low=1.0, integer=True)
 
 
 def _delta(delta: Any) -> np.ndarray:
-    return _check("delta", delta, low=0.0, high=1.0, open_low=True, open_high=True)
+    return check_array("delta", delta, low=0.0, high=1.0, open_low=True, open_high=True)
 
 
 def _loss_range(loss_range: Any) -> np.ndarray:
-    return _check("loss_range C", loss_range, low=0.0, open_low=True)
+    return check_array("loss_range C", loss_range, low=0.0, open_low=True)
 
 
 def _nonnegative(name: str, value: Any) -> np.ndarray:
-    return _check(name, value, low=0.0)
+    return check_array(name, value, low=0.0)
 
 
 def _assemble(
@@ -299,7 +274,7 @@ def stability_bound(
     'denominator Lambda_min + 2*lam*s = -0.3 + 2*0*0.75 = -0.3 <= 0'
     """
     eta = _nonnegative("lipschitz eta", lipschitz)
-    hmin = _check("hessian_min_eig Lambda_min", hessian_min_eig)
+    hmin = check_array("hessian_min_eig Lambda_min", hessian_min_eig)
     lam_a = _nonnegative("lam", lam)
     p_a = _rate(p)
     n_a = _n_train(n)
@@ -365,7 +340,7 @@ def lemma43_bound(
     except ValueError:
         allowed = ", ".join(repr(f.value) for f in Lemma43Form)
         raise ValueError(f"form={form!r} is not one of {allowed}") from None
-    r = _check("r_hat", r_hat)
+    r = check_array("r_hat", r_hat)
     c = _loss_range(loss_range)
     n_a = _n_train(n)
     d = _delta(delta)
@@ -390,7 +365,7 @@ def lemma43_bound(
 def _theorem44_gap(loss_range, lipschitz, hessian_min_eig, lam, p, n, delta):
     c = _loss_range(loss_range)
     eta = _nonnegative("lipschitz eta", lipschitz)
-    hmin = _check("hessian_min_eig Lambda_min", hessian_min_eig)
+    hmin = check_array("hessian_min_eig Lambda_min", hessian_min_eig)
     lam_a = _nonnegative("lam", lam)
     p_a = _rate(p)
     n_a = _n_train(n)
@@ -485,9 +460,104 @@ def theorem44_bound(
     >>> theorem44_bound(0.1, 1.0, 1.0, hessian_min_eig=0.0, lam=1.0, p=0.0, n=3668, delta=0.05).vacuous
     True
     """
-    r = _check("r_hat", r_hat)
+    r = check_array("r_hat", r_hat)
     scalar, gap, vacuous, reason = _theorem44_gap(loss_range, lipschitz, hessian_min_eig, lam, p, n, delta)
     return _assemble(scalar and r.ndim == 0, {"r_hat": r, "gap": gap}, vacuous, reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# What Theorem 4.4 would need
+# --------------------------------------------------------------------------------------------------
+
+
+def lam_needed(hessian_min_eig: ArrayLike, p: ArrayLike) -> ArrayLike:
+    """The smallest ``lam`` for which Theorem 4.4 is not vacuous: ``D = Lambda_min + 2 lam s > 0``.
+
+    ``lam_needed = -Lambda_min / (2 s)`` when ``Lambda_min <= 0`` and ``s = 2p - p^2 > 0``; ``0`` when
+    ``Lambda_min > 0`` (every ``lam >= 0`` works); ``inf`` when ``Lambda_min <= 0`` and ``s = 0`` (plain
+    LoRA: no ``lam`` helps). For ``Lambda_min <= 0`` it is an infimum: ``D > 0`` exactly when
+    ``lam > lam_needed``.
+
+    Parameters
+    ----------
+    hessian_min_eig : float or ndarray
+        ``Lambda_min`` (any sign).
+    p : float or ndarray
+        ``dropout_rate`` in [0, 1].
+
+    Returns
+    -------
+    float or ndarray
+        ``lam_needed >= 0``, possibly ``inf``.
+
+    Examples
+    --------
+    >>> lam_needed(hessian_min_eig=-1.5, p=0.5)  # 1.5 / (2 * 0.75)
+    1.0
+    >>> round(lam_needed(-7.3, 0.6), 4)  # 7.3 / (2 * 0.84)
+    4.3452
+    >>> lam_needed(np.array([0.2, 0.0, -1.0]), np.array([0.5, 0.0, 0.0]))
+    array([ 0., inf, inf])
+    """
+    hmin = check_array("hessian_min_eig Lambda_min", hessian_min_eig)
+    p_a = _rate(p)
+    hmin_b, s = np.broadcast_arrays(hmin, _sparsity(p_a))
+    out = np.zeros(hmin_b.shape)
+    flat = hmin_b <= 0.0
+    out[flat & (s == 0.0)] = np.inf
+    ok = flat & (s > 0.0)
+    out[ok] = -hmin_b[ok] / (2.0 * s[ok]) + 0.0  # + 0.0: no -0.0 at Lambda_min = 0
+    return float(out) if _is_scalar(hmin, p_a) else out
+
+
+def n_needed(
+    loss_range: ArrayLike,
+    lipschitz: ArrayLike,
+    hessian_min_eig: ArrayLike,
+    lam: ArrayLike,
+    p: ArrayLike,
+    delta: ArrayLike,
+) -> ArrayLike:
+    """The training-set size beyond which Theorem 4.4's gap term falls below ``C``.
+
+    The gap ``sqrt((C^2 + 24 C eta^2 / D) / (2 n delta))``, ``D = Lambda_min + 2 lam s``, is below the
+    loss range ``C`` (the bound then says more than ``R <= R_hat + C``) exactly when
+
+        n > n_needed = (C^2 + 24 C eta^2 / D) / (2 delta C^2)
+
+    ``inf`` when ``D <= 0``: the bound is vacuous at this ``lam`` for every ``n`` (see `lam_needed`).
+    ``n_needed`` is the threshold, not rounded: the smallest integer that works is ``floor(n_needed) + 1``.
+
+    Parameters
+    ----------
+    loss_range, lipschitz, hessian_min_eig, lam, p, delta
+        As in :func:`theorem44_bound` (``C > 0``, ``eta >= 0``, ``Lambda_min``, ``lam >= 0``,
+        ``p`` in [0, 1], ``delta`` in (0, 1)).
+
+    Returns
+    -------
+    float or ndarray
+
+    Examples
+    --------
+    The worked example of theory.md (``C = eta = 1``, ``Lambda_min = 0``, ``lam = 1``, ``p = 0.5``,
+    ``delta = 0.05``): ``D = 1.5``, ``(1 + 24 / 1.5) / (2 * 0.05) = 17 / 0.1``.
+
+    >>> round(n_needed(1.0, 1.0, hessian_min_eig=0.0, lam=1.0, p=0.5, delta=0.05), 9)
+    170.0
+    >>> n_needed(1.0, 1.0, hessian_min_eig=0.0, lam=1.0, p=0.0, delta=0.05)  # D = 0: vacuous at any n
+    inf
+    """
+    c = _loss_range(loss_range)
+    eta = _nonnegative("lipschitz eta", lipschitz)
+    hmin = check_array("hessian_min_eig Lambda_min", hessian_min_eig)
+    lam_a = _nonnegative("lam", lam)
+    p_a = _rate(p)
+    d = _delta(delta)
+    denom, vacuous, _ = _denominator(hmin, lam_a, p_a)
+    with np.errstate(over="ignore"):  # overflow is +inf, the right limit
+        out = np.where(vacuous, np.inf, (c**2 + 24.0 * c * eta**2 / denom) / (2.0 * d * c**2))
+    return float(out) if _is_scalar(c, eta, hmin, lam_a, p_a, d) else out
 
 
 def uniform_stability_bound(
@@ -524,7 +594,7 @@ def uniform_stability_bound(
     >>> round(b.value, 12)  # 0.1 + 2 * 0.005 + (4 * 50 * 0.005 + 1) * sqrt(1 / 100)
     0.31
     """
-    r = _check("r_hat", r_hat)
+    r = check_array("r_hat", r_hat)
     c = _loss_range(loss_range)
     n_a = _n_train(n)
     d = _delta(delta)
@@ -573,8 +643,8 @@ def per_sample_jensen_gap(member_losses: np.ndarray, ensemble_loss: np.ndarray) 
             "member_losses must have shape (N, n_samples) with N, n_samples >= 1 and ensemble_loss shape "
             f"(n_samples,); got member_losses {member.shape} and ensemble_loss {ensemble.shape}"
         )
-    _check("member_losses", member)
-    _check("ensemble_loss", ensemble)
+    check_array("member_losses", member)
+    check_array("ensemble_loss", ensemble)
     return member.mean(axis=0) - ensemble
 
 
@@ -601,8 +671,8 @@ def estimate_mean(values: np.ndarray, confidence: float = 0.95) -> Estimate:
     >>> print(f"{e.value} +/- {e.stderr:.4f}, 95% CI [{e.ci_low:.4f}, {e.ci_high:.4f}]")
     2.5 +/- 0.6455, 95% CI [0.4457, 4.5543]
     """
-    x = _check("values", values)
-    conf = float(_check("confidence", confidence, low=0.0, high=1.0, open_low=True, open_high=True))
+    x = check_array("values", values)
+    conf = float(check_array("confidence", confidence, low=0.0, high=1.0, open_low=True, open_high=True))
     if x.ndim != 1 or x.size < 2:
         raise ValueError(
             f"values must be 1-D with at least 2 entries for a standard error, got shape {x.shape}"

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from scipy.special import rel_entr
 
+from .validation import check_array
+
 ArrayLike = float | np.ndarray
 
 __all__ = [
@@ -61,49 +63,16 @@ DEFAULT_TOL = 1e-12
 # --------------------------------------------------------------------------------------------------
 
 
-def _check(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    open_low: bool = False,
-    open_high: bool = False,
-    integer: bool = False,
-    allow_inf: bool = False,
-) -> np.ndarray:
-    """``value`` as a float array, or ValueError naming ``name`` and the first bad entry.
-
-    ``allow_inf`` admits ``+inf`` (never ``-inf`` or NaN).
-    """
-    x = np.asarray(value, dtype=float)
-    bad = np.isnan(x) | (x == -np.inf) | ((x == np.inf) if not allow_inf else np.zeros(x.shape, bool))
-    requirement = "a finite integer" if integer else ("a number or +inf" if allow_inf else "a finite number")
-    if integer:
-        bad |= np.isfinite(x) & (x != np.round(x))
-    if low is not None and high is not None:
-        bad |= (x <= low if open_low else x < low) | (x >= high if open_high else x > high)
-        requirement += f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    elif low is not None:
-        bad |= x <= low if open_low else x < low
-        requirement += f" {'>' if open_low else '>='} {low:g}"
-    if bad.any():
-        first = float(x[bad].flat[0])
-        where = f" ({int(bad.sum())} of {x.size} entries bad)" if x.ndim else ""
-        raise ValueError(f"{name} must be {requirement}, got {first!r}{where}")
-    return x
-
-
 def _unit(name: str, value: Any) -> np.ndarray:
-    return _check(name, value, low=0.0, high=1.0)
+    return check_array(name, value, low=0.0, high=1.0)
 
 
 def _probability(name: str, value: Any) -> np.ndarray:
-    return _check(name, value, low=0.0, high=1.0, open_low=True, open_high=True)
+    return check_array(name, value, low=0.0, high=1.0, open_low=True, open_high=True)
 
 
 def _count(name: str, value: Any) -> np.ndarray:
-    return _check(name, value, low=1.0, integer=True)
+    return check_array(name, value, low=1.0, integer=True)
 
 
 def _out(x: np.ndarray, scalar: bool) -> ArrayLike:
@@ -368,9 +337,9 @@ def kl_inv_upper(q: ArrayLike, c: ArrayLike, *, tol: float = DEFAULT_TOL) -> Arr
     >>> kl_inv_upper(np.array([1.0, 0.2]), np.array([0.3, np.inf]))
     array([1., 1.])
     """
-    tol_f = float(_check("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
+    tol_f = float(check_array("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
     q_a = _unit("q", q)
-    c_a = _check("c", c, low=0.0, allow_inf=True)
+    c_a = check_array("c", c, low=0.0, allow_inf=True)
     return _out(_kl_inv_upper(q_a, c_a, tol_f), _is_scalar(q_a, c_a))
 
 
@@ -424,9 +393,9 @@ def dropout_kl(
     array([5., 1.])
     """
     p_a = _unit("dropout_rate p", p)
-    f = _check("factor_sq_dist", factor_sq_dist, low=0.0)
-    h = _check("head_sq_dist", head_sq_dist, low=0.0)
-    sigma = _check("posterior_std sigma", posterior_std, low=0.0, open_low=True)
+    f = check_array("factor_sq_dist", factor_sq_dist, low=0.0)
+    h = check_array("head_sq_dist", head_sq_dist, low=0.0)
+    sigma = check_array("posterior_std sigma", posterior_std, low=0.0, open_low=True)
     two_var = 2.0 * sigma**2
     with np.errstate(over="ignore", divide="ignore"):  # a tiny sigma gives +inf, the right limit
         factor_term = (1.0 - p_a) * f / two_var
@@ -470,7 +439,7 @@ def pac_bayes_kl_rhs(kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -> ArrayLike
     >>> print(f"{pac_bayes_kl_rhs(kl=5.0, n=100, delta=0.05):.9f}")  # (5 + ln 400) / 100
     0.109914645
     """
-    kl_a = _check("kl", kl, low=0.0, allow_inf=True)
+    kl_a = check_array("kl", kl, low=0.0, allow_inf=True)
     n_a = _count("n", n)
     d = _probability("delta", delta)
     return _out(_rhs(kl_a, n_a, d), _is_scalar(kl_a, n_a, d))
@@ -522,10 +491,10 @@ def pac_bayes_kl_bound(
     0.104089398
     """
     q = _unit("empirical_risk", empirical_risk)
-    kl_a = _check("kl", kl, low=0.0, allow_inf=True)
+    kl_a = check_array("kl", kl, low=0.0, allow_inf=True)
     n_a = _count("n", n)
     d = _probability("delta", delta)
-    tol_f = float(_check("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
+    tol_f = float(check_array("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
     return _out(_kl_inv_upper(q, _rhs(kl_a, n_a, d), tol_f), _is_scalar(q, kl_a, n_a, d))
 
 
@@ -575,7 +544,7 @@ def monte_carlo_upper(
     q = _unit("estimate", estimate)
     m = _count("n_draws_total", n_draws_total)
     dp = _probability("delta_prime", delta_prime)
-    tol_f = float(_check("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
+    tol_f = float(check_array("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
     return _out(_kl_inv_upper(q, _mc_rhs(m, dp), tol_f), _is_scalar(q, m, dp))
 
 
@@ -677,13 +646,13 @@ def certificate(
         allowed = ", ".join(repr(x.value) for x in GibbsLoss)
         raise ValueError(f"loss={loss!r} is not one of {allowed}") from None
     q = _unit("gibbs_estimate", gibbs_estimate)
-    kl_a = _check("kl", kl.total if isinstance(kl, DropoutKL) else kl, low=0.0, allow_inf=True)
+    kl_a = check_array("kl", kl.total if isinstance(kl, DropoutKL) else kl, low=0.0, allow_inf=True)
     n_b = _count("n_bound", n_bound)
     k = _count("posterior_draws", posterior_draws)
     d = _probability("delta", delta)
     dp = _probability("delta_prime", delta_prime)
     g = _count("grid_size", grid_size)
-    tol_f = float(_check("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
+    tol_f = float(check_array("tol", tol, low=0.0, high=1.0, open_low=True, open_high=True))
 
     d_point, dp_point = d / g, dp / g
     mc_rhs = _mc_rhs(n_b * k, dp_point)

@@ -9,7 +9,15 @@
 ``theorem44``               Theorem 4.4, the paper's bound
 ``uniform_stability``       B&E Thm 12, with the measured maximum loss change as a plug-in
 ``ensemble``                Thm 4.5 chained with Thm 4.4: bound on the test-time ensemble's risk
+``prop42[expected]``,       ``evaluate_run(..., hypothesis="expected")``: Prop. 4.2 and Thm 4.4 at the
+``theorem44[expected]``     expected predictor (every ``dW`` times its training mean), with its probes
+                            and its (``deterministic``) risks
 ==========================  =====================================================================
+
+The Theorem 4.4 reports also show what the bound would take (diagnostics, `bounds.formulas`):
+``lam_needed``, the smallest ``lam`` with ``D = Lambda_min + 2 lam s > 0``, and ``n_needed``, the ``n``
+beyond which the gap term falls below ``C`` at the run's ``lam`` (``inf`` when ``D <= 0`` there: ``eta``
+is measured at that ``lam``, so the bound is not re-evaluated at another).
 
 Every report carries the inputs it used (with their source), its additive terms, and an audit of the
 assumptions measured on the run. Three things are kept apart:
@@ -57,13 +65,23 @@ from .formulas import (
     Lemma43Form,
     ensemble_risk_bound,
     estimate_jensen_gap,
+    lam_needed,
     lemma43_bound,
+    n_needed,
     sparsity,
     stability_bound,
     theorem44_bound,
     uniform_stability_bound,
 )
-from .runlog import BOUND_PREDICTORS, PARAM_DISTANCE_SPACE, RunLog, RunLogError, jsonable, read_run
+from .runlog import (
+    BOUND_PREDICTORS,
+    HYPOTHESES,
+    PARAM_DISTANCE_SPACE,
+    RunLog,
+    RunLogError,
+    jsonable,
+    read_run,
+)
 
 __all__ = [
     "CLOSENESS_THRESHOLD",
@@ -82,6 +100,14 @@ CLOSENESS_THRESHOLD = 0.1
 #: Per-sample Jensen gaps above ``-JENSEN_TOLERANCE`` count as non-negative: the logged losses are
 #: float32 cross-entropies, so an exact zero gap (identical members) can round to about -1e-7.
 JENSEN_TOLERANCE = 1e-6
+
+#: The predictor whose risks the reports of each hypothesis (``bounds.runlog.HYPOTHESES``) use by default:
+#: the unmasked model's ``full`` rows, or the ``deterministic`` rows, which are the expected predictor
+#: unless the run's eval_mode is ``full`` (then the run does not log it: see `_Run.hypothesis_inputs`).
+HYPOTHESIS_PREDICTORS = {"unmasked": "full", "expected": "deterministic"}
+#: Why ``beta_hat`` cannot be held against a bound at another hypothesis than the unmasked model.
+UNMASKED_STABILITY = ("stability.parquet holds the leave-one-out loss changes of the unmasked model (loss_s, "
+                      "loss_si); the expected predictor's are not measured")
 
 #: Columns of `BoundReport.to_frame`.
 FRAME_COLUMNS = ("report", "run_id", "kind", "name", "value", "stderr", "ci_low", "ci_high", "threshold",
@@ -292,11 +318,17 @@ class _Run:
     """Everything the reports of one run share; tables are read and estimates computed on first use."""
 
     def __init__(self, run_dir: str | Path, *, delta: float, lam: float, loss_range: float | None,
-                 lipschitz: str, space: str, predictor: str, stability_method: str | None) -> None:
+                 lipschitz: str, space: str, predictor: str | None, stability_method: str | None,
+                 hypothesis: str = "unmasked") -> None:
         if lipschitz not in LIPSCHITZ_QUANTITIES:
             raise ValueError(f"lipschitz={lipschitz!r} is not one of {tuple(LIPSCHITZ_QUANTITIES)}")
         if space not in SPACES:
             raise ValueError(f"space={space!r} is not one of {SPACES}")
+        if hypothesis not in HYPOTHESES:
+            raise ValueError(f"hypothesis={hypothesis!r} is not one of {HYPOTHESES}")
+        # the hypothesis's own predictor: the unmasked model (full), or the expected one (deterministic)
+        self.hypothesis, self.suffix = hypothesis, ("" if hypothesis == "unmasked" else f"[{hypothesis}]")
+        predictor = predictor or HYPOTHESIS_PREDICTORS[hypothesis]
         if predictor not in BOUND_PREDICTORS:
             raise ValueError(f"predictor={predictor!r} is not one of {BOUND_PREDICTORS}")
         if not 0.0 < delta < 1.0:
@@ -353,6 +385,60 @@ class _Run:
     def delta_input(self) -> Quantity:
         return Quantity("delta", self.delta, "argument")
 
+    def expected_scale(self) -> float:
+        """``c = E[m_B m_A^T]`` of the run's config: ``(1-p)^2`` without rescale, 1 with it (``(1-p) * 1/(1-p)``)."""
+        rescale = self._config("lora_dropout", "rescale")
+        return 1.0 if rescale or self.p == 0.0 else (1.0 - self.p) ** 2
+
+    def hypothesis_inputs(self, risks: bool = True) -> list[Quantity]:
+        """The hypothesis's own inputs (none for the unmasked model), after checking that the predictor
+        whose risks are used is the one the probes measured.
+
+        At ``expected`` the risks are of the ``deterministic`` rows of samples.parquet; they are the
+        expected predictor unless the run's eval_mode is ``full`` with ``c != 1`` (then they are the unmasked
+        model's, and the run logs no risk of the expected predictor: RunLogError). ``risks=False``: for a
+        report that uses no risk (Prop. 4.2), no check.
+        """
+        if self.hypothesis == "unmasked":
+            return []
+        c = self.expected_scale()
+        if risks and self.predictor == "deterministic":
+            mode = self._config("lora_dropout", "eval_mode")
+            if mode == "full" and c != 1.0:
+                raise RunLogError(
+                    f"run {self.dir} evaluated its deterministic predictor with eval_mode='full' (the unmasked dW), "
+                    f"so samples.parquet logs no risk of the expected predictor (dW times {c:.6g}) that the "
+                    "hypothesis='expected' probes measure; the bound at hypothesis='expected' needs a run trained "
+                    "with eval_mode 'expected' or 'ensemble'")
+        note = "" if self.predictor == "deterministic" or not risks else (
+            f"risks of predictor={self.predictor}, not of the expected predictor the probes measured")
+        return [Quantity("expected_scale", c, "meta.json config.lora_dropout: (1-p)^2 without rescale, 1 with; "
+                         "the probes' theta(S) is every dW times this (probes.parquet hypothesis=expected)",
+                         note=note)]
+
+    def theorem44_needs(self, risks: Risks) -> tuple[Quantity, Quantity]:
+        """``lam_needed`` and ``n_needed`` (`bounds.formulas`): what Thm 4.4 would take to say something."""
+        eta, hmin, s = self.lipschitz.value, self.hessian_min_eig.value, sparsity(self.p)
+        c = risks.loss_range.value
+        measured_lam = probe_lam(self.probes, self.lipschitz_quantity, self.space, self.hypothesis)
+        lam_q = Quantity("lam_needed", lam_needed(hmin, self.p),
+                         f"-Lambda_min / (2 s) = -({hmin:.6g}) / (2*{s:.6g}) (0 when Lambda_min > 0, inf when s = 0): "
+                         "D = Lambda_min + 2 lam s > 0 exactly when lam > lam_needed",
+                         note=f"eta was measured on the loss regularised with lam={measured_lam:g}; at another lam "
+                              "eta changes too (the regulariser's gradient is 2 lam s dW)")
+        value = n_needed(c, eta, hmin, self.lam, self.p, self.delta)
+        d = hmin + 2.0 * self.lam * s
+        if math.isinf(value):
+            note = (f"D = {d:.6g} <= 0 at lam={self.lam:g}: the bound is vacuous for every n; it is not "
+                    "evaluated at another lam because eta was measured at this one (see lam_needed)")
+        else:
+            note = f"n_needed / n = {value / self.n:.4g} (n = {self.n})"
+        n_q = Quantity("n_needed", value,
+                       f"(C^2 + 24 C eta^2 / D) / (2 delta C^2) with C={c:.6g}, eta={eta:.6g}, D={d:.6g} "
+                       f"(lam={self.lam:g}), delta={self.delta:g}: Thm 4.4's gap < C exactly when n > n_needed",
+                       note=note)
+        return lam_q, n_q
+
     @cached_property
     def probes(self) -> pd.DataFrame:
         return self.log.table("probes")
@@ -365,7 +451,8 @@ class _Run:
 
     @cached_property
     def lipschitz(self) -> Quantity:
-        q = probe_quantity(self.probes, self.lipschitz_quantity, self.space, name="lipschitz", run_dir=self.dir)
+        q = probe_quantity(self.probes, self.lipschitz_quantity, self.space, name="lipschitz", run_dir=self.dir,
+                           hypothesis=self.hypothesis)
         if q.n is not None and q.n < self.n:
             q = replace(q, note=self.lipschitz_coverage_text(q.n)
                         + ": can only under-estimate the value over all n the bound needs")
@@ -373,11 +460,11 @@ class _Run:
 
     @cached_property
     def hessian_min_eig(self) -> Quantity:
-        q = probe_quantity(self.probes, "hessian_min_eig", self.space, run_dir=self.dir)
+        q = probe_quantity(self.probes, "hessian_min_eig", self.space, run_dir=self.dir, hypothesis=self.hypothesis)
         notes = []
         if q.n is not None and q.n < self.n:
             notes.append(f"Hessian of the mean loss over {q.n} of n={self.n} training examples (subset)")
-        converged, residual = probe_convergence(self.probes, "hessian_min_eig", self.space)
+        converged, residual = probe_convergence(self.probes, "hessian_min_eig", self.space, self.hypothesis)
         if converged is not True:
             notes.append(self._unconverged_text(converged, residual)
                          + ": not a measured eigenvalue (an unconverged estimate of Lambda_min)")
@@ -431,7 +518,7 @@ class _Run:
 
     def lambda_min_unmeasured(self) -> str:
         """Why ``Lambda_min`` is not a measurement (Lanczos did not converge, or not recorded); "" if it is."""
-        converged, residual = probe_convergence(self.probes, "hessian_min_eig", self.space)
+        converged, residual = probe_convergence(self.probes, "hessian_min_eig", self.space, self.hypothesis)
         return "" if converged is True else self._unconverged_text(converged, residual)
 
     def psd(self) -> Assumption:
@@ -471,8 +558,10 @@ class _Run:
 
     def stationarity(self) -> Assumption:
         def measure() -> Assumption:
-            grad = probe_quantity(self.probes, "grad_norm", self.space, run_dir=self.dir).value
-            scale = probe_quantity(self.probes, "lipschitz_mean", self.space, run_dir=self.dir).value
+            grad = probe_quantity(self.probes, "grad_norm", self.space, run_dir=self.dir,
+                                  hypothesis=self.hypothesis).value
+            scale = probe_quantity(self.probes, "lipschitz_mean", self.space, run_dir=self.dir,
+                                   hypothesis=self.hypothesis).value
             ratio = grad / scale if scale > 0 else math.inf
             return Assumption("stationarity", ratio, STATIONARITY_THRESHOLD, ratio < STATIONARITY_THRESHOLD,
                               f"||grad L|| / mean per-sample gradient norm = {grad:.6g} / {scale:.6g} "
@@ -482,7 +571,7 @@ class _Run:
 
     def lipschitz_lam(self) -> Assumption:
         def measure() -> Assumption:
-            measured = probe_lam(self.probes, self.lipschitz_quantity, self.space)
+            measured = probe_lam(self.probes, self.lipschitz_quantity, self.space, self.hypothesis)
             if math.isnan(measured):
                 return Assumption("lipschitz_lam", measured, self.lam, None,
                                   "the Lipschitz probe did not record the lam of its regularised loss")
@@ -508,6 +597,8 @@ class _Run:
 
     def stability_below_theory(self, method: str) -> Assumption:
         def measure() -> Assumption:
+            if self.hypothesis != "unmasked":
+                raise RunLogError(UNMASKED_STABILITY)
             b = self.prop42()
             st = self.beta_hat(method, clipped=False)
             beta_hat = st.beta_hat.value
@@ -551,9 +642,17 @@ def _risk_report(run: _Run, name: str, b: BoundValue, risks: Risks, inputs: list
     clipped = f", clipped at C={risks.loss_range.value:g}" if risks.loss_range.rigorous else ""
     measured_name = measured_name or f"R - R_hat ({risks.predictor}{clipped})"
     assumptions = [*assumptions, _measured_below(measured, bound_on, b.vacuous, measured_name)]
-    return BoundReport(name, run.log.run_id, theorem or THEOREMS[name], b.value, measured, measured_name,
-                       bound_on, b.terms, tuple(inputs), tuple(assumptions), diagnostics, b.vacuous,
-                       reason=b.reason)
+    return BoundReport(name + run.suffix, run.log.run_id, theorem or THEOREMS[name] + _at(run), b.value,
+                       measured, measured_name, bound_on, b.terms, tuple(inputs), tuple(assumptions), diagnostics,
+                       b.vacuous, reason=b.reason)
+
+
+def _at(run: _Run) -> str:
+    """`` at the expected predictor (...)`` for a report at a hypothesis other than the unmasked model."""
+    if run.hypothesis == "unmasked":
+        return ""
+    return (f", at the {run.hypothesis} predictor (every dW times its training mean, probes.parquet "
+            f"hypothesis={run.hypothesis})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -632,9 +731,23 @@ def _theorem44_report(run: _Run) -> BoundReport:
     b = theorem44_bound(risks.train.value, run.loss_range.value, run.lipschitz.value,
                         run.hessian_min_eig.value, run.lam, run.p, run.n, run.delta)
     inputs = [run.r_hat(run.predictor), run.loss_range.quantity(), run.lipschitz, run.hessian_min_eig,
-              *run.config_inputs(), run.delta_input()]
+              *run.config_inputs(), run.delta_input(), *run.hypothesis_inputs()]
     assumptions = [run.loss_range_assumption(), *run.theorem44_premises()]
-    return _risk_report(run, "theorem44", b, risks, inputs, assumptions, (run.lam_eff,))
+    return _risk_report(run, "theorem44", b, risks, inputs, assumptions, (run.lam_eff, *run.theorem44_needs(risks)))
+
+
+def _prop42_hypothesis_report(run: _Run) -> BoundReport:
+    """Prop. 4.2's ``beta`` at a hypothesis other than the unmasked model: no ``beta_hat`` to hold it against."""
+    b = run.prop42()
+    inputs = [run.lipschitz, run.hessian_min_eig, *run.config_inputs(), *run.hypothesis_inputs(risks=False)]
+    try:
+        closeness = run.closeness(run.method())
+    except RunLogError as exc:
+        closeness = _not_measurable("closeness", exc)
+    below = Assumption("measured_below_bound", math.nan, b.value, None, f"not measurable: {UNMASKED_STABILITY}")
+    return BoundReport("prop42" + run.suffix, run.log.run_id, THEOREMS["prop42"] + _at(run), b.value, math.nan,
+                       f"beta_hat ({run.hypothesis} predictor: not measured)", b.value, b.terms, tuple(inputs),
+                       (*run.probe_premises(), closeness, below), (run.lam_eff,), b.vacuous, reason=b.reason)
 
 
 def _uniform_report(run: _Run) -> BoundReport:
@@ -694,9 +807,11 @@ def evaluate_run(
     loss_range: float | None = None,
     lipschitz: str = "max",
     space: str = "delta_w",
-    predictor: str = "full",
+    predictor: str | None = None,
     form: Lemma43Form | str = Lemma43Form.PRINTED,
     stability_method: str | None = None,
+    hypothesis: str | tuple[str, ...] | list[str] = "unmasked",
+    posterior_std_grid: tuple[float, ...] | list[float] | None = None,
 ) -> list[BoundReport]:
     """Evaluate every bound of the paper on a run and hold each against its measurement.
 
@@ -716,22 +831,37 @@ def evaluate_run(
         Which probe row is ``eta``: ``lipschitz_max`` or ``lipschitz_q99``.
     space : {"delta_w", "factors"}
         Parameter space of the probes.
-    predictor : {"full", "deterministic", "member_mean", "ensemble"}
-        Whose ``R_hat`` and ``R`` the risk bounds (Lemma 4.3, Thm 4.4, B&E Thm 12) use. Default ``full``:
-        the unmasked model, the hypothesis theta(S) whose curvature and stability the probes measure. The ensemble
-        report always uses the ensemble's test risk and the member-mean training risk.
+    predictor : {"full", "deterministic", "member_mean", "ensemble"}, optional
+        Whose ``R_hat`` and ``R`` the risk bounds (Lemma 4.3, Thm 4.4, B&E Thm 12) use. Default: the
+        hypothesis's own, ``full`` (the unmasked model, theta(S), whose curvature and stability the probes
+        measure) or, at ``hypothesis="expected"``, ``deterministic`` (checked to be the expected predictor:
+        a run with eval_mode ``full`` does not log it, and its expected reports are not evaluable). The
+        ensemble report always uses the ensemble's test risk and the member-mean training risk.
     form : {"printed", "corrected"}
         Constant of Lemma 4.3; ``corrected`` needs ``beta_1`` (see the ``lemma43`` report's reason).
     stability_method : str, optional
         Leave-one-out method plugged into Lemma 4.3 and B&E Thm 12 (default: retrain, else warm_start,
         else influence). Prop. 4.2 is reported for every method present.
+    hypothesis : {"unmasked", "expected"} or a sequence of them
+        The predictor whose probes (probes.parquet's ``hypothesis`` rows) and risks the bounds use.
+        ``unmasked`` (default): every report below. ``expected`` (every ``dW`` times its training mean,
+        the mean predictor of the masked loss training minimised; ``lora-dropout probe RUN_DIR --curvature
+        --hypothesis expected``): only ``prop42[expected]`` (Prop. 4.2's ``beta``; no ``beta_hat`` to hold
+        it against: stability.parquet is leave-one-out of the unmasked model) and ``theorem44[expected]``.
+        A sequence gives each hypothesis's reports in turn.
+    posterior_std_grid : floats, optional
+        The grid ``lora-dropout certify`` was given, for the certificate's ``grid_fixed_in_advance`` audit
+        (default: `bounds.runlog.DEFAULT_POSTERIOR_STD_GRID`); used only when the run has
+        ``certificates.parquet``.
 
     Returns
     -------
     list of BoundReport
         ``prop42[<method>]`` (one per method), ``lemma43``, ``theorem44``, ``uniform_stability``,
         ``ensemble``. A missing table or measurement gives a not-evaluable report naming the command
-        that produces it.
+        that produces it. When the run has ``certificates.parquet``, also the toolkit's own PAC-Bayes
+        dropout certificate (`bounds.certificate_report`): ``pacbayes_dropout`` and
+        ``pacbayes_dropout_ensemble``.
 
     Raises
     ------
@@ -741,9 +871,27 @@ def evaluate_run(
         On an unknown option.
     """
     form = Lemma43Form(form)
+    if not isinstance(hypothesis, str):  # several: each one's reports in turn
+        hypotheses = list(dict.fromkeys(hypothesis))
+        if not hypotheses:
+            raise ValueError("hypothesis: give at least one of " + ", ".join(HYPOTHESES))
+        return [r for h in hypotheses for r in evaluate_run(
+            run_dir, delta=delta, lam=lam, loss_range=loss_range, lipschitz=lipschitz, space=space,
+            predictor=predictor, form=form, stability_method=stability_method, hypothesis=h,
+            posterior_std_grid=posterior_std_grid)]
     run = _Run(run_dir, delta=delta, lam=lam, loss_range=loss_range, lipschitz=lipschitz, space=space,
-               predictor=predictor, stability_method=stability_method)
+               predictor=predictor, stability_method=stability_method, hypothesis=hypothesis)
     run_id = run.log.run_id
+    if hypothesis != "unmasked":
+        reports = []
+        for name, build in (("prop42", lambda: _prop42_hypothesis_report(run)),
+                            ("theorem44", lambda: _theorem44_report(run))):
+            try:
+                reports.append(build())
+            except (RunLogError, ValueError) as exc:
+                reports.append(BoundReport.not_evaluable(name + run.suffix, run_id, THEOREMS[name] + _at(run),
+                                                         str(exc)))
+        return reports
     try:
         reports = _prop42_reports(run)
     except RunLogError as exc:  # no stability rows: no method to report on
@@ -755,4 +903,7 @@ def evaluate_run(
             reports.append(build())
         except (RunLogError, ValueError) as exc:
             reports.append(BoundReport.not_evaluable(name, run_id, THEOREMS[name], str(exc)))
+    from .certificate_report import reports_if_certified  # imports this module: not at the top
+
+    reports += reports_if_certified(run_dir, posterior_std_grid)
     return reports

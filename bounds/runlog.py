@@ -10,7 +10,10 @@ A run directory holds
 ``modules.parquet``    realised sparsity and ``||dW||`` per adapted module
 ``probes.parquet``     curvature and Lipschitz measurements
 ``stability.parquet``  leave-one-out pairs (measured stability)
+``certificates.parquet``  PAC-Bayes dropout certificate measurements, one row per posterior_std
 ``adapter/``           peft adapter + LoRA Dropout config (reloadable)
+``prior/``             PAC-Bayes prior: initial parameters, trained prior mean, prior/certifiable ids
+                       (`PRIOR_FILES`)
 ``bounds.json``        the bound reports (written by ``lora-dropout bounds``)
 =====================  =====================================================================
 
@@ -49,6 +52,11 @@ BOUND_PREDICTORS = ("full", "deterministic", "member_mean", "ensemble")
 #: ``dW_k`` of the adapted modules, the ``delta_w`` space of the probes. A bound that combines it with a
 #: probe (``eta * param_distance``) must take the probe in this space.
 PARAM_DISTANCE_SPACE = "delta_w"
+#: The hypothesis a probe row was measured at (``probes.parquet``'s ``hypothesis``): ``unmasked``, the
+#: model with the full ``dW`` (theta(S) of the theory, the default), or ``expected``, the mean predictor
+#: of the masked training loss: every ``dW`` scaled by its training mean ``E[m_B m_A^T]`` (``(1-p)^2``
+#: without rescale, 1 with it), the predictor of the ``expected`` eval mode.
+HYPOTHESES = ("unmasked", "expected")
 
 META_FIELDS = {
     "schema_version": "int: SCHEMA_VERSION of the writer",
@@ -66,9 +74,33 @@ META_FIELDS = {
     "finished_at": "str or null: ISO-8601 UTC",
     "wall_s": "float or null: wall time of the run in seconds",
     "data": "dict: data source and split sizes (TextSplits.describe())",
+    "prior": "dict or null (runs before it): prior_fraction, n_prior and n_certifiable (examples the prior "
+             "trained on / not), prior_steps, and the posterior phase: posterior_first_step (= prior_steps; "
+             "steps.jsonl's step counts both phases), posterior_first_epoch, posterior_epochs, posterior_lr "
+             "(steps.jsonl's epoch counts posterior epochs)",
     "final": "dict: metrics of the last evaluation, keyed split/predictor",
 }
 REQUIRED_META = ("schema_version", "run_id", "status", "config", "started_at")
+
+#: The PAC-Bayes prior of a run (theory.md section 6), written by ``lora-dropout train`` before the
+#: posterior trains (runs from before it lack the folder). Tensor files are keyed by peft's
+#: ``get_peft_model_state_dict`` names, the keys of ``adapter/adapter_model.safetensors``.
+PRIOR_DIR = "prior"
+PRIOR_FILES = {
+    "init.safetensors": "the trainable parameters at the seeded initialisation, before any step (the "
+                        "data-free prior mean)",
+    "prior.safetensors": "the prior mean trained on prior_ids (only when prior_fraction > 0): config.train.epochs "
+                         "epochs at config.train.lr on the first floor(prior_fraction * n) positions of the "
+                         "seeded prior order (lora_dropout.train.prior_order); the posterior trains from it",
+    "prior.json": '{"prior_fraction": float, "prior_ids": [sample ids the prior trained on], "certifiable_ids": '
+                  "[the other training sample ids]}, both in the training split's order; prior_fraction 0: "
+                  "prior_ids [] and certifiable_ids every training id",
+}
+
+#: Default grid of ``posterior_std`` of ``lora-dropout certify``: fixed in advance, before any data is
+#: seen, so the union bound over it is valid; a run's certificates are checked against it (or against a
+#: grid given as an option), never against a grid chosen from the run's own numbers.
+DEFAULT_POSTERIOR_STD_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 
 class RunLogError(ValueError):
@@ -82,6 +114,7 @@ class Column:
     description: str
     nullable: bool = False
     finite: bool = False  # values must be finite numbers (losses)
+    default: Any = None  # a column added later: older tables without it read as this value
 
 
 @dataclass(frozen=True)
@@ -207,8 +240,12 @@ TABLES: dict[str, Table] = {
                               "max / quantile / mean is over, fewer than the run's n_train when a subset "
                               "was probed; hessian_*: those whose mean loss's Hessian was taken)"),
                 C("lam", "float", "regularisation strength of the regularised loss", nullable=True),
+                C("hypothesis", "str", "the predictor probed (HYPOTHESES): unmasked (full dW, theta(S)) or "
+                                       "expected (every dW times its training mean E[m_B m_A^T], the expected "
+                                       "eval mode's predictor); tables written before this column read as "
+                                       "unmasked", default="unmasked"),
             ),
-            key=("quantity", "space"),
+            key=("quantity", "space", "hypothesis"),
             producer="lora-dropout probe RUN_DIR --curvature",
         ),
         Table(
@@ -228,6 +265,44 @@ TABLES: dict[str, Table] = {
             ),
             key=("sample_id", "method"),
             producer="lora-dropout probe RUN_DIR --stability-k K",
+        ),
+        Table(
+            "certificates", "certificates.parquet",
+            "PAC-Bayes dropout certificate measurements (theory.md section 6; the toolkit's own): per "
+            "posterior_std of a grid fixed before the data, the KL to the prior and the empirical Gibbs risks "
+            "of the posterior Q (LoRA Dropout masks times N(theta, posterior_std^2 I)) from `draws` draws per "
+            "example, fresh masks and noise per example and draw",
+            (
+                C("posterior_std", "float", "sigma > 0: std of the Gaussian part of posterior and prior"),
+                C("p", "float", "dropout_rate of the run (each entry of A and B kept with probability 1 - p)"),
+                C("n_bound", "int", "n_b: training examples the empirical risks are computed on (all n for the "
+                                    "data-free init prior; prior/prior.json's certifiable_ids for the trained one)"),
+                C("n_test", "int", "test examples the test Gibbs risks are computed on"),
+                C("draws", "int", "k: posterior draws per example (per split)"),
+                C("factor_sq_dist", "float", "||A - A_P||^2 + ||B - B_P||^2 over the adapted modules", finite=True),
+                C("head_sq_dist", "float", "||head - head_P||^2 over the trained head (0 when none)", finite=True),
+                C("kl_factor_term", "float", "(1 - p) factor_sq_dist / (2 posterior_std^2)"),
+                C("kl_head_term", "float", "head_sq_dist / (2 posterior_std^2)"),
+                C("kl", "float", "kl_factor_term + kl_head_term: the upper bound on KL(Q || P)"),
+                C("train_gibbs_error", "float", "mean over the n_b x k draws of 1[argmax != label] (the Monte "
+                                                "Carlo estimate of the empirical Gibbs 0-1 risk)", finite=True),
+                C("train_gibbs_linear", "float", "mean over the n_b x k draws of 1 - prob_label (linear loss)",
+                  finite=True),
+                C("test_gibbs_error", "float", "the same 0-1 mean over n_test x k draws on the test split "
+                                               "(measured, held against the certificate)", finite=True),
+                C("test_gibbs_linear", "float", "the same linear-loss mean on the test split", finite=True),
+                C("prior", "str", "init (the data-free seeded initialisation, prior/init.safetensors) or trained "
+                                  "(prior/prior.safetensors, trained on prior/prior.json's prior_ids)"),
+                C("grid_size", "int", "|grid|: posterior_std values certified together (the union bound "
+                                      "splits delta and delta_mc over them)"),
+                C("delta", "float", "failure probability of the PAC-Bayes step, whole grid"),
+                C("delta_mc", "float", "failure probability of the Monte Carlo step, whole grid"),
+                C("seed", "int", "root of the posterior noise stream (the masks use the run's mask seed)"),
+                C("passes", "int", "forward passes over the certified and test splits the certify call made, "
+                                   "counted as one posterior draw of every example (grid_size x draws)"),
+            ),
+            key=("posterior_std",),
+            producer="lora-dropout certify RUN_DIR",
         ),
     )
 }
@@ -273,7 +348,11 @@ class RunLog:
             path = self.path / spec.filename
             if not path.is_file():
                 raise MissingTableError(name, self.path)
-            self._tables[name] = pd.read_parquet(path)
+            frame = pd.read_parquet(path)
+            for col in spec.columns:
+                if col.default is not None and col.name not in frame.columns:
+                    frame[col.name] = col.default  # written before the column existed
+            self._tables[name] = frame
         return self._tables[name]
 
 
@@ -375,6 +454,62 @@ def _check_table(spec: Table, frame: pd.DataFrame) -> list[str]:
     return problems
 
 
+def _check_certificates(frame: pd.DataFrame) -> list[str]:
+    """Ranges of certificates.parquet: risks in [0, 1], positive sigma and counts, one grid per table."""
+    name = TABLES["certificates"].filename
+    problems = []
+    for col in ("train_gibbs_error", "train_gibbs_linear", "test_gibbs_error", "test_gibbs_linear", "p"):
+        bad = ~frame[col].between(0.0, 1.0)
+        if bad.any():
+            problems.append(f"{name}: column {col} must lie in [0, 1], got {frame.loc[bad, col].iloc[0]!r}")
+    for col in ("posterior_std", "n_bound", "draws", "grid_size"):
+        if not (frame[col] > 0).all():
+            problems.append(f"{name}: column {col} must be > 0")
+    for col in ("prior", "grid_size", "delta", "delta_mc", "draws", "seed", "p", "n_bound"):
+        if frame[col].nunique() > 1:
+            problems.append(f"{name}: column {col} must be one value for the whole grid, got "
+                            f"{sorted(frame[col].unique().tolist())}")
+    if len(frame) and int(frame["grid_size"].iloc[0]) != len(frame):
+        problems.append(f"{name}: grid_size {int(frame['grid_size'].iloc[0])} but {len(frame)} rows")
+    unknown = sorted(set(frame["prior"]) - {"init", "trained"})
+    if unknown:
+        problems.append(f"{name}: unknown prior value(s) {unknown}")
+    return problems
+
+
+def read_prior_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN_DIR/prior/prior.json`` (`PRIOR_FILES`) checked, or None when the run has none.
+
+    Returns ``{"prior_fraction": float, "prior_ids": list[int], "certifiable_ids": list[int]}``.
+
+    Raises
+    ------
+    RunLogError
+        When the file is not valid JSON or lacks a field or has one of the wrong type.
+    """
+    path = Path(run_dir) / PRIOR_DIR / "prior.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunLogError(f"{path} is corrupted: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise RunLogError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("prior_fraction", "prior_ids", "certifiable_ids") if k not in record]
+    if missing:
+        raise RunLogError(f"{path} lacks field(s) {missing}")
+    fraction = record["prior_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise RunLogError(f"{path}: prior_fraction must be a number in [0, 1), got {fraction!r}")
+    for key in ("prior_ids", "certifiable_ids"):
+        ids = record[key]
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise RunLogError(f"{path}: {key} must be a list of integer sample ids")
+    return {"prior_fraction": float(fraction), "prior_ids": list(record["prior_ids"]),
+            "certifiable_ids": list(record["certifiable_ids"])}
+
+
 def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
     """Check a run directory against the schema and return it read.
 
@@ -417,6 +552,8 @@ def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
             problems.append(f"{spec.filename}: unreadable ({exc})")
             continue
         problems += _check_table(spec, frame)
+        if name == "certificates" and not any(p.startswith(spec.filename) for p in problems):
+            problems += _check_certificates(frame)
     if problems:
         raise RunLogError(f"run {run_dir} is invalid:\n  - " + "\n  - ".join(problems))
     return run

@@ -9,10 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from bounds.runlog import read_run
+
 from .probes import run_probes
 from .run import load_run
 from .runwriter import write_table
 from .stability import METHODS, LoraLooProblem, choose_indices, estimate_stability
+
+
+def _keep_other_hypotheses(run_dir: str | Path, frame: pd.DataFrame, hypothesis: str) -> pd.DataFrame:
+    """``frame`` plus the rows of the run's probes.parquet measured at another hypothesis."""
+    run = read_run(run_dir)
+    if not run.has("probes"):
+        return frame
+    old = run.table("probes")  # a table from before the hypothesis column reads as unmasked
+    old = old[old["hypothesis"] != hypothesis]
+    return pd.concat([old.reindex(columns=frame.columns), frame], ignore_index=True) if len(old) else frame
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ def probe_run(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
+    hypothesis: str = "unmasked",
 ) -> ProbeResult:
     """Measure ``run_dir``'s theta(S) and write the tables into it.
 
@@ -52,6 +67,11 @@ def probe_run(
         None (default) = all ``n``, so ``eta`` is the maximum over every training example, as the
         bound needs (one per-sample-gradient pass). A subset is recorded in probes.parquet's ``n`` and
         labelled so in the bound reports.
+    hypothesis : {"unmasked", "expected"}
+        The predictor the curvature probes measure (`lora_dropout.probes`, "Hypotheses"): the unmasked
+        model (default) or the expected predictor (every ``dW`` times its training mean, the ``expected``
+        eval mode's scale). probes.parquet keeps the rows of the other hypothesis and replaces this one's.
+        Leave-one-out stability is always of the unmasked model.
     """
     loaded = load_run(run_dir, device=device)
     if loaded.config.train.task != "classification":
@@ -64,6 +84,11 @@ def probe_run(
             f"{run_dir} is an AdaLoRA run: leave-one-out retraining would also need AdaLoRA's rank-allocator "
             "state, which is not part of the saved adapter; stability is implemented for LoRA runs"
         )
+    if stability_k and loaded.config.train.prior_fraction > 0:
+        raise ValueError(
+            f"{run_dir} trained a data-dependent prior (prior_fraction={loaded.config.train.prior_fraction!r}) "
+            "before its posterior: leave-one-out retraining is implemented for runs without one"
+        )
     train = loaded.prepared.train
     data = train if probe_examples is None else train.subset(range(min(probe_examples, len(train))))
     lipschitz_data = (train if lipschitz_examples is None
@@ -72,8 +97,8 @@ def probe_run(
     skipped: dict[str, str] = {}
     if curvature:
         frame = run_probes(loaded.model, loaded.handle, lipschitz_data, lam=lam, spaces=spaces, tol=tol,
-                           hessian_data=data)
-        probes_path = write_table(run_dir, "probes", frame)
+                           hessian_data=data, hypothesis=hypothesis)
+        probes_path = write_table(run_dir, "probes", _keep_other_hypotheses(run_dir, frame, hypothesis))
     if stability_k:
         problem = LoraLooProblem(loaded, lam=lam, warm_epochs=warm_epochs, probe_data=data)
         frame = estimate_stability(problem, choose_indices(len(train), stability_k, seed), methods,

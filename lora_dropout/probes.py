@@ -18,6 +18,15 @@ and this module measures its model-side inputs on the training set ``S``:
 ``loss`` is the cross-entropy of the UNMASKED model (``dW`` at full scale) in eval mode, so every
 quantity is a deterministic function of ``theta``.
 
+Hypotheses (``bounds.runlog.HYPOTHESES``). By default the probes measure the unmasked model. Training
+minimised the MASKED loss, whose mean predictor is the expected one: every ``dW`` times its training
+mean ``c = E[m_B m_A^T]`` (``(1-p)^2`` without rescale, 1 with it; ``LoraDropout.scale_for("expected")``,
+the scale of the ``expected`` eval mode). ``hypothesis="expected"`` (``scale=c`` of `ParamSpace`)
+measures everything at that predictor instead: ``theta(S) = c dW`` in ``delta_w`` space, ``(A, c B)``
+in ``factors`` space (AdaLoRA: ``lora_B`` times ``c``), with ``theta0`` unchanged, so the regulariser
+is ``lambda s sum_k ||c dW_k||^2``. Both equal the unmasked probes of a copy of the model whose
+``B`` factors were multiplied by ``c``.
+
 Parameter spaces (theory.md section 4, "Hessian space"). ``theta`` is restricted to the ADAPTED
 parameters, the LoRA sites; the classification head and the base model stay fixed at their current
 values. The reason: the sparsity view of LoRA Dropout puts the regulariser ``lambda s ||theta -
@@ -43,6 +52,7 @@ restored.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -50,7 +60,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bounds.runlog import TABLES
+from bounds.runlog import HYPOTHESES, TABLES
 
 from .apply import LoraDropout
 from .batching import EncodedSplit
@@ -111,11 +121,17 @@ class ParamSpace:
     handle : LoraDropout
         Its sites are the adapted parameters; ``handle.config.sparsity`` is ``s``.
     space : {"delta_w", "factors"}
+    scale : float
+        ``theta(S)`` is the model's with every ``dW`` times ``scale`` (its ``B`` factors times ``scale`` in
+        ``factors`` space): 1 = the unmasked model, ``handle.scale_for("expected")`` = the expected
+        predictor (module doc, "Hypotheses").
     """
 
-    def __init__(self, model: torch.nn.Module, handle: LoraDropout, space: str = "delta_w"):
+    def __init__(self, model: torch.nn.Module, handle: LoraDropout, space: str = "delta_w", scale: float = 1.0):
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        if not (math.isfinite(scale) and scale >= 0.0):
+            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
         self.model = unwrap(model)
         self.handle = handle
         self.space = space
@@ -125,14 +141,16 @@ class ParamSpace:
             raise ValueError(
                 "the LoRA Dropout handle belongs to another model: pass the model it was applied to"
             )
+        self.scale = float(scale)
         if space == "delta_w":
-            init = [s.delta_weight().detach() for s in self.sites]
+            init = [s.delta_weight().detach() * self.scale for s in self.sites]
             self._module = _Reparametrised(self.model, self.sites, [d.clone() for d in init])
             self._names = [f"deltas.{k}" for k in range(len(init))]
         else:
             names = {id(p): n for n, p in self.model.named_parameters()}
             factors = [p for s in self.sites for _, p in s.trainable_factors()]
-            init = [p.detach() for p in factors]
+            b_factors = {id(s.factors()[1]) for s in self.sites}  # dW is linear in B: scale it there
+            init = [p.detach() * self.scale if id(p) in b_factors else p.detach() for p in factors]
             self._module = _Reparametrised(self.model, self.sites, None)
             self._names = [f"model.{names[id(p)]}" for p in factors]
         self._shapes = [t.shape for t in init]
@@ -334,6 +352,7 @@ def per_sample_grad_norms(
     space: str = "delta_w",
     lam: float = 1.0,
     batch_size: int = 16,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """``||grad_theta l_i(theta(S))||`` per training example, ``l_i = loss_i + lam s ||theta - theta0||^2``.
 
@@ -349,7 +368,7 @@ def per_sample_grad_norms(
     ndarray, shape ``(n,)``, float64, in the order of ``data`` (``data.sample_ids``), whatever the
     (length-sorted) order the batches are formed in.
     """
-    ps = ParamSpace(model, handle, space)
+    ps = ParamSpace(model, handle, space, scale)
     theta = ps.flat()
     # batches of similar lengths: every example costs its batch's padded length under vmap
     order = np.argsort([len(f["input_ids"]) for f in data.features], kind="stable")
@@ -371,9 +390,10 @@ def per_sample_grad_norms_loop(
     *,
     space: str = "delta_w",
     lam: float = 1.0,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Reference for `per_sample_grad_norms`: one unpadded example at a time, plain autograd."""
-    ps = ParamSpace(model, handle, space)
+    ps = ParamSpace(model, handle, space, scale)
     norms = []
     with ps.active():
         for batch in data.batches(1, device=ps.flat().device):
@@ -393,6 +413,7 @@ def hessian_hvp(
     *,
     space: str = "delta_w",
     batch_size: int = 16,
+    scale: float = 1.0,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """``v -> H v``, ``H = d^2 L / d theta^2`` at ``theta(S)``, ``L`` the mean (unregularised) training loss.
 
@@ -406,7 +427,7 @@ def hessian_hvp(
         float64 ``(dim,)`` numpy arrays in and out; computes in the model's dtype, on its device.
     dim : int
     """
-    ps = ParamSpace(model, handle, space)
+    ps = ParamSpace(model, handle, space, scale)
     theta = ps.flat()
     batches = list(data.batches(batch_size, device=theta.device))
     n = len(data)
@@ -433,12 +454,13 @@ def objective_grad_norm(
     space: str = "delta_w",
     lam: float = 1.0,
     batch_size: int = 16,
+    scale: float = 1.0,
 ) -> float:
     """``||grad_theta (L(theta) + lam s ||theta - theta0||^2)||`` at ``theta(S)``: 0 at a stationary point.
 
     Prop. 4.2 assumes ``theta(S)`` minimises the regularised objective; this measures how far it is.
     """
-    ps = ParamSpace(model, handle, space)
+    ps = ParamSpace(model, handle, space, scale)
     theta = ps.flat()
     n = len(data)
     with ps.active():
@@ -464,6 +486,7 @@ def _row(
     residual: float = np.nan,
     converged: bool = True,
     lam: float = np.nan,
+    hypothesis: str = "unmasked",
 ) -> dict:
     return {
         "quantity": quantity,
@@ -475,6 +498,7 @@ def _row(
         "converged": bool(converged),
         "n": n,
         "lam": float(lam),
+        "hypothesis": hypothesis,
     }
 
 
@@ -489,6 +513,7 @@ def run_probes(
     maxiter: int | None = None,
     batch_size: int = 16,
     hessian_data: EncodedSplit | None = None,
+    hypothesis: str = "unmasked",
 ) -> pd.DataFrame:
     """All probes at ``theta(S)`` on the training set ``data``, as the run log's ``probes`` table.
 
@@ -510,19 +535,27 @@ def run_probes(
     lam : float
         ``lambda`` of the regularised loss (Lipschitz and gradient rows).
     tol, maxiter : Lanczos accuracy and restarts (`lora_dropout.curvature.lanczos_extremes`).
+    hypothesis : {"unmasked", "expected"}
+        The predictor probed (module doc, "Hypotheses"): the unmasked model (default) or every ``dW``
+        times ``handle.scale_for("expected")``; recorded in every row's ``hypothesis``.
     """
+    if hypothesis not in HYPOTHESES:
+        raise ValueError(f"hypothesis must be one of {HYPOTHESES}, got {hypothesis!r}")
+    scale = 1.0 if hypothesis == "unmasked" else handle.scale_for("expected")
     n = len(data)
     hessian_data = data if hessian_data is None else hessian_data
     rows = []
     for space in spaces:
-        norms = per_sample_grad_norms(model, handle, data, space=space, lam=lam, batch_size=batch_size)
+        norms = per_sample_grad_norms(model, handle, data, space=space, lam=lam, batch_size=batch_size,
+                                      scale=scale)
         stderr = norms.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        h = dict(hypothesis=hypothesis)
         rows += [
-            _row("lipschitz_max", space, norms.max(), n=n, iterations=n, lam=lam),
-            _row("lipschitz_q99", space, np.quantile(norms, 0.99), n=n, iterations=n, lam=lam),
-            _row("lipschitz_mean", space, norms.mean(), n=n, iterations=n, stderr=stderr, lam=lam),
+            _row("lipschitz_max", space, norms.max(), n=n, iterations=n, lam=lam, **h),
+            _row("lipschitz_q99", space, np.quantile(norms, 0.99), n=n, iterations=n, lam=lam, **h),
+            _row("lipschitz_mean", space, norms.mean(), n=n, iterations=n, stderr=stderr, lam=lam, **h),
         ]
-        hvp, dim = hessian_hvp(model, handle, hessian_data, space=space, batch_size=batch_size)
+        hvp, dim = hessian_hvp(model, handle, hessian_data, space=space, batch_size=batch_size, scale=scale)
         eig = lanczos_extremes(hvp, dim, tol=tol, maxiter=maxiter, seed=0)
         rows += [
             _row(
@@ -533,9 +566,10 @@ def run_probes(
                 iterations=eig[f"{key}_hvps"],
                 residual=eig[f"{key}_residual"],
                 converged=eig[f"{key}_converged"],
+                **h,
             )
             for key in ("min", "max")
         ]
-        grad = objective_grad_norm(model, handle, data, space=space, lam=lam, batch_size=batch_size)
-        rows.append(_row("grad_norm", space, grad, n=n, iterations=n, lam=lam))
+        grad = objective_grad_norm(model, handle, data, space=space, lam=lam, batch_size=batch_size, scale=scale)
+        rows.append(_row("grad_norm", space, grad, n=n, iterations=n, lam=lam, **h))
     return pd.DataFrame(rows, columns=TABLES["probes"].column_names)

@@ -20,7 +20,9 @@ from bounds.formulas import (
     ensemble_risk_bound,
     estimate_jensen_gap,
     estimate_mean,
+    lam_needed,
     lemma43_bound,
+    n_needed,
     per_sample_jensen_gap,
     sparsity,
     stability_bound,
@@ -573,3 +575,71 @@ def test_estimate_interval_contains_the_mean_and_widens_with_confidence(values, 
     wider = estimate_mean(x, min(confidence + 0.005, 0.999))
     assert wider.ci_high - wider.ci_low >= e.ci_high - e.ci_low
     assert e.n == len(values)
+
+
+# --------------------------------------------------------------------------------------------------
+# What Theorem 4.4 would need: lam_needed, n_needed
+# --------------------------------------------------------------------------------------------------
+
+
+def test_lam_needed_hand_computed():
+    # the probes of a real run at p = 0.6: Lambda_min = -7.3, s = 0.84 -> 7.3 / 1.68
+    assert_allclose(lam_needed(-7.3, 0.6), 7.3 / 1.68)
+    assert lam_needed(-1.5, 0.5) == 1.0  # 1.5 / (2 * 0.75)
+    assert lam_needed(-0.3, 0.1) == pytest.approx(0.3 / 0.38)  # s = 0.19
+    assert lam_needed(0.2, 0.5) == 0.0 and lam_needed(0.2, 0.0) == 0.0  # PSD: any lam
+    assert lam_needed(0.0, 0.5) == 0.0 and math.copysign(1.0, lam_needed(0.0, 0.5)) == 1.0  # no -0.0
+    assert lam_needed(0.0, 0.0) == math.inf and lam_needed(-1.0, 0.0) == math.inf  # plain LoRA: none
+    assert_array_equal(lam_needed(np.array([-1.5, 0.2]), 0.5), [1.0, 0.0])
+    with pytest.raises(ValueError, match="dropout_rate"):
+        lam_needed(-1.0, 1.5)
+
+
+def test_n_needed_hand_computed():
+    # worked example: D = 1.5, (1 + 24 / 1.5) / (2 * 0.05) = 170
+    assert_allclose(n_needed(1.0, 1.0, 0.0, 1.0, 0.5, 0.05), 170.0)
+    # C = 2, eta = 3, Lambda_min = -0.5, lam = 1, p = 0.5: D = 1, (4 + 24*2*9/1) / (2*0.1*4) = 436 / 0.8
+    assert_allclose(n_needed(2.0, 3.0, -0.5, 1.0, 0.5, 0.1), 545.0)
+    assert n_needed(1.0, 1.0, -0.5, 0.1, 0.5, 0.05) == math.inf  # D = -0.35: vacuous at any n
+    assert n_needed(1.0, 1.0, 0.0, 1.0, 0.0, 0.05) == math.inf  # D = 0 exactly
+    assert_allclose(n_needed(1.0, 0.0, 0.0, 1.0, 0.5, 0.05), 10.0)  # eta = 0: C^2 / (2 delta C^2)
+    out = n_needed(1.0, 1.0, np.array([0.0, -2.0]), 1.0, 0.5, 0.05)
+    assert_allclose(out, [170.0, np.inf])
+
+
+def test_n_needed_is_where_the_gap_crosses_the_loss_range():
+    args = dict(loss_range=2.0, lipschitz=3.0, hessian_min_eig=-0.5, lam=1.0, p=0.5, delta=0.1)
+    n_star = n_needed(**args)  # 545
+    gaps = theorem44_gap(n=np.array([n_star, n_star - 1, n_star + 1]), **args).value
+    assert_allclose(gaps[0], 2.0)
+    assert gaps[1] > 2.0 > gaps[2]
+
+
+@PROPERTY
+@given(c=loss_ranges, eta=lipschitzes, hmin=hessian_mins, lam=lams, p=rates, delta=deltas)
+def test_n_needed_matches_the_gap(c, eta, hmin, lam, p, delta):
+    n_star = n_needed(c, eta, hmin, lam, p, delta)
+    d = hmin + 2 * lam * sparsity(p)
+    if d <= 0:
+        assert n_star == math.inf
+        return
+    if n_star == math.inf:  # D so small that 24 C eta^2 / D overflows: +inf, the right limit
+        return
+    assert n_star >= (1.0 - 1e-12) / (2.0 * delta)  # the C^2 term alone
+    n = max(1, math.ceil(n_star * 1.001))  # beyond the threshold the gap is below C
+    assert theorem44_gap(c, eta, hmin, lam, p, n, delta).value < c * (1 + 1e-12)
+
+
+@PROPERTY
+@given(hmin=hessian_mins, p=st.one_of(st.just(0.0), st.floats(1e-6, 1.0, exclude_max=True)))
+def test_lam_needed_is_where_the_denominator_turns_positive(hmin, p):
+    lam_star = lam_needed(hmin, p)
+    s = sparsity(p)
+    if lam_star == math.inf:
+        assert hmin <= 0 and s == 0
+        return
+    assert lam_star >= 0
+    assert hmin + 2 * (lam_star * (1 + 1e-9) + 1e-6) * s > 0  # just above: D > 0
+    if lam_star > 1e-9:  # (not a subnormal Lambda_min, where lam_star * 0.99 rounds to lam_star)
+        assert hmin + 2 * lam_star * s == pytest.approx(0.0, abs=1e-12)  # at it: D = 0
+        assert stability_bound(1.0, hmin, lam_star * 0.99, p, 10).vacuous

@@ -73,9 +73,14 @@ def test_theorem44_equals_the_formula_by_hand(reports):
     assert_allclose([inputs[k].value for k in names], [C, ETA, HMIN, N_TRAIN, DELTA])
     assert "lipschitz_max" in inputs["lipschitz"].source and "clipped" in inputs["r_hat"].source
     # lam_eff is shown alongside (0.2 / 3.75, test_estimators), not used
-    (lam_eff,) = r.diagnostics
+    lam_eff, lam_need, n_need = r.diagnostics
     assert_allclose(lam_eff.value, 0.2 / 3.75)
     assert "not in the paper" in lam_eff.note
+    # what it would take: Lambda_min = 0.2 > 0 needs no lam; n > (C^2 + 24 C eta^2 / D) / (2 delta C^2)
+    assert (lam_need.name, lam_need.value) == ("lam_needed", 0.0)
+    assert n_need.name == "n_needed"
+    assert_allclose(n_need.value, (4 + 24 * 2 * 4 / 1.7) / (2 * 0.05 * 4))  # = 292.35..., D = 0.2 + 1.5
+    assert r.value - r.terms["r_hat"] > C  # n = 100 < n_needed: the gap is above C, as n_needed says
 
 
 def test_prop42_per_method_against_beta_hat(reports):
@@ -367,3 +372,90 @@ def test_an_empty_stability_table_is_not_evaluable(tmp_path):
     reports = by_name(evaluate_run(run, loss_range=C))
     assert not reports["prop42"].evaluable and "no rows" in reports["prop42"].reason
     assert not reports["lemma43"].evaluable and reports["theorem44"].evaluable
+
+
+# --------------------------------------------------------------------------------------------------
+# hypothesis="expected": the expected predictor's probes and risks (issue 13 item 6)
+# --------------------------------------------------------------------------------------------------
+
+EXP_ETA, EXP_HMIN = 1.2, -0.5  # expected-predictor probes, distinct from the unmasked ones (2.0, 0.2)
+FULL_SHIFT = 0.3  # the full (unmasked) rows' losses sit above the deterministic (expected) rows'
+
+
+def two_hypothesis_run(path, *, eval_mode="ensemble", rescale=False, expected=True):
+    """The synthetic run with unmasked AND expected probe rows, and full rows != deterministic rows."""
+    from .test_estimators import samples_frame
+
+    samples = samples_frame()
+    samples.loc[samples["predictor"] == "full", "loss"] += FULL_SHIFT
+    unmasked = probe_rows().assign(hypothesis="unmasked")
+    frames = [unmasked]
+    if expected:
+        exp = probe_rows(hessian_min_eig=EXP_HMIN, grad_norm=0.01).assign(hypothesis="expected")
+        exp.loc[exp["quantity"] == "lipschitz_max", "value"] = EXP_ETA
+        frames.append(exp)
+    run = write_run(path, samples=samples, probes=pd.concat(frames, ignore_index=True))
+    meta = json.loads((run / "meta.json").read_text())
+    meta["config"]["lora_dropout"].update(eval_mode=eval_mode, rescale=rescale)
+    (run / "meta.json").write_text(json.dumps(meta))
+    return run
+
+
+def test_expected_hypothesis_uses_its_probes_and_the_deterministic_risks(tmp_path):
+    run = two_hypothesis_run(tmp_path / "hyp")
+    reports = by_name(evaluate_run(run, delta=DELTA, lam=LAM, loss_range=C, hypothesis=["unmasked", "expected"]))
+    assert list(reports)[-2:] == ["prop42[expected]", "theorem44[expected]"]
+    assert "theorem44" in reports and "lemma43" in reports  # the unmasked reports come first, unchanged
+    r = reports["theorem44[expected]"]
+    d = EXP_HMIN + 2 * LAM * S  # 1.0
+    gap = math.sqrt((C**2 + 24 * C * EXP_ETA**2 / d) / (2 * N_TRAIN * DELTA))
+    assert_allclose([r.terms["r_hat"], r.terms["gap"], r.measured], [R_HAT, gap, R_TEST - R_HAT])
+    inputs = {q.name: q for q in r.inputs}
+    assert_allclose([inputs["lipschitz"].value, inputs["hessian_min_eig"].value, inputs["expected_scale"].value],
+                    [EXP_ETA, EXP_HMIN, 0.25])  # (1 - p)^2 at p = 0.5
+    assert "hypothesis=expected" in inputs["lipschitz"].source and "deterministic" in inputs["r_hat"].source
+    assert "expected predictor" in r.theorem
+    assert assumption(r, "psd_hessian").holds is False and assumption(r, "positive_denominator").holds is True
+    below = assumption(r, "stability_below_theory")
+    assert below.holds is None and "unmasked model" in below.detail
+    # the unmasked report still reads the unmasked rows and the full predictor's risks
+    u = reports["theorem44"]
+    assert_allclose([{q.name: q for q in u.inputs}["hessian_min_eig"].value, u.terms["r_hat"]],
+                    [HMIN, np.minimum(TRAIN_DET + FULL_SHIFT, C).mean()])
+    p42 = reports["prop42[expected]"]
+    assert_allclose(p42.value, 2 * EXP_ETA**2 / (d * N_TRAIN))
+    assert math.isnan(p42.measured) and assumption(p42, "measured_below_bound").holds is None
+    assert p42.status == "assumptions fail"  # Lambda_min < 0: the PSD premise fails
+    # what it would take, from the expected probes: lam > 0.5 / (2 * 0.75); n > (4 + 24*2*1.44/1) / (0.05*2*4)
+    need = {q.name: q.value for q in r.diagnostics}
+    assert_allclose([need["lam_needed"], need["n_needed"]], [1 / 3, (4 + 24 * 2 * 1.44) / 0.4])
+
+
+def test_expected_hypothesis_with_rescale_has_scale_one(tmp_path):
+    run = two_hypothesis_run(tmp_path / "rescaled", rescale=True)
+    r = by_name(evaluate_run(run, loss_range=C, hypothesis="expected"))["theorem44[expected]"]
+    assert {q.name: q for q in r.inputs}["expected_scale"].value == 1.0
+
+
+def test_expected_hypothesis_fails_clearly_when_the_run_does_not_log_its_predictor(tmp_path):
+    run = two_hypothesis_run(tmp_path / "full", eval_mode="full")
+    reports = by_name(evaluate_run(run, loss_range=C, hypothesis="expected"))
+    r = reports["theorem44[expected]"]
+    assert not r.evaluable and "eval_mode='full'" in r.reason and "no risk of the expected predictor" in r.reason
+    assert reports["prop42[expected]"].evaluable  # Prop. 4.2 needs no risk
+    # no expected probes: the reason names the command that measures them
+    r = by_name(evaluate_run(two_hypothesis_run(tmp_path / "none", expected=False), hypothesis="expected"))
+    assert "--curvature --hypothesis expected" in r["theorem44[expected]"].reason
+    with pytest.raises(ValueError, match="hypothesis"):
+        evaluate_run(run, hypothesis="masked")
+
+
+def test_cli_hypothesis_keeps_both_in_bounds_json(tmp_path):
+    run = two_hypothesis_run(tmp_path / "cli")
+    assert main([str(run), "--loss-range", "2", "--hypothesis", "unmasked", "expected"]) == 0
+    document = _strict((run / "bounds.json").read_text())
+    names = [r["name"] for r in document["reports"]]
+    assert {"theorem44", "theorem44[expected]", "prop42[expected]"} <= set(names)
+    assert document["settings"]["hypothesis"] == ["unmasked", "expected"]
+    exp = {r["name"]: r for r in document["reports"]}["theorem44[expected]"]
+    assert {d["name"] for d in exp["diagnostics"]} >= {"lam_needed", "n_needed"}

@@ -132,3 +132,18 @@ def test_every_column_is_documented():
     for table in TABLES.values():
         assert set(table.key) <= set(table.column_names), table.name
         assert all(c.description for c in table.columns), table.name
+
+
+def test_probes_without_a_hypothesis_column_read_as_unmasked(tmp_path):
+    run = _write(tmp_path / "r", steps=[_step()])
+    _probes().to_parquet(run / "probes.parquet")  # written before the column existed
+    table = validate_run(run, require=("probes",)).table("probes")
+    assert table["hypothesis"].tolist() == ["unmasked", "unmasked"]
+    # both hypotheses in one table: the key includes the hypothesis, a repeat within one is still refused
+    both = pd.concat([_probes(hypothesis="unmasked"), _probes(hypothesis="expected")], ignore_index=True)
+    both.to_parquet(run / "probes.parquet")
+    assert sorted(set(validate_run(run, require=("probes",)).table("probes")["hypothesis"])) == ["expected",
+                                                                                                 "unmasked"]
+    pd.concat([both, both.iloc[:1]]).to_parquet(run / "probes.parquet")
+    with pytest.raises(RunLogError, match="duplicate key"):
+        validate_run(run, require=("probes",))

@@ -102,3 +102,43 @@ def test_coupled_leave_one_out_differs_only_in_the_removed_example():
         seen[name] = order
     assert 107 not in seen["loo"] and seen["full"].count(107) == 2
     assert [s for s in seen["full"] if s != 107] == seen["loo"]
+
+
+def test_expected_hypothesis_probe_bounds_and_collect_end_to_end(tiny_run, tmp_path):
+    """probe --hypothesis expected adds rows beside the unmasked ones; bounds and collect keep both apart."""
+    import json
+    import shutil
+
+    from analysis.cli import main
+    from analysis.collect import collect
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)  # the module's run stays as the other tests left it
+    common = ["--curvature", "--probe-examples", "8", "--quiet"]
+    assert main(["probe", str(run), *common]) == 0
+    assert main(["probe", str(run), *common, "--hypothesis", "expected"]) == 0
+    assert main(["probe", str(run), *common, "--lam", "0.5"]) == 0  # re-measuring one hypothesis keeps the other
+    probes = validate_run(run, require=("probes",)).table("probes")
+    assert sorted(probes.groupby("hypothesis").size().items()) == [("expected", 6), ("unmasked", 6)]
+    assert set(probes.loc[probes.hypothesis == "unmasked", "lam"].dropna()) == {0.5}
+    assert set(probes.loc[probes.hypothesis == "expected", "lam"].dropna()) == {1.0}
+    by = probes.set_index(["hypothesis", "quantity"])["value"]
+    assert by[("expected", "lipschitz_max")] != by[("unmasked", "lipschitz_max")]  # dW scaled by 0.49
+
+    assert main(["bounds", str(run), "--hypothesis", "unmasked", "expected"]) == 0
+    reports = {r["name"]: r for r in json.loads((run / "bounds.json").read_text())["reports"]}
+    exp = reports["theorem44[expected]"]
+    assert exp["evaluable"] and reports["theorem44"]["evaluable"]
+    inputs = {q["name"]: q for q in exp["inputs"]}
+    assert inputs["expected_scale"]["value"] == pytest.approx(0.49)  # (1 - 0.3)^2, no rescale
+    assert "hypothesis=expected" in inputs["lipschitz"]["source"]
+    assert "deterministic" in inputs["r_hat"]["source"]
+    assert {d["name"] for d in exp["diagnostics"]} >= {"lam_needed", "n_needed"}
+
+    coll = collect([run])
+    assert not coll.skipped
+    quantities = set(coll.summary["quantity"])
+    assert {"lam_needed:theorem44", "n_needed:theorem44", "lam_needed:theorem44[expected]",
+            "bound:theorem44[expected]", "hessian_min_eig:delta_w[expected]", "hessian_min_eig:delta_w"} <= quantities
+    assert "beta_hat:expected" not in quantities
+    assert {"theorem44", "theorem44[expected]", "prop42[expected]"} <= set(coll.bounds["report"])

@@ -371,3 +371,47 @@ def test_run_probes_records_lanczos_convergence_and_the_hessian_subset(monkeypat
     assert row.loc[["lipschitz_max", "lipschitz_q99", "lipschitz_mean", "grad_norm"], "converged"].all()
     assert (row.loc[["lipschitz_max", "lipschitz_mean", "grad_norm"], "n"] == len(data)).all()
     assert (row.loc[["hessian_min_eig", "hessian_max_eig"], "n"] == 5).all()
+
+
+def _scale_b(model, c):
+    """Multiply every LoRA B factor (AdaLoRA's P) of ``model`` by ``c``, by parameter name."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(c)
+    return model
+
+
+@pytest.mark.parametrize(("kind", "rescale"), [("lora", False), ("adalora", False), ("lora", True)])
+def test_expected_hypothesis_is_the_unmasked_probe_of_a_copy_with_b_times_the_mean_mask(kind, rescale):
+    """hypothesis="expected" probes == unmasked probes of an independently built model with B * c.
+
+    c = E[m_B m_A] = (1 - p)^2 without rescale and 1 with it, computed here from p, not from the handle.
+    """
+    c = 1.0 if rescale else (1 - P) ** 2
+    config = LoraDropoutConfig(dropout_rate=P, rescale=rescale)
+
+    def build():
+        if kind == "lora":
+            return _eager(tiny_lora(r=2, layers_to_transform=[0]).double())
+        return _eager(tiny_adalora().double())
+
+    model = build()
+    handle = apply_lora_dropout(model, config)
+    copy = _scale_b(build(), c)
+    copy_handle = apply_lora_dropout(copy, config)
+    data = _data()
+    expected = run_probes(model, handle, data, batch_size=5, hypothesis="expected")
+    reference = run_probes(copy, copy_handle, data, batch_size=5)
+    unmasked = run_probes(model, handle, data, batch_size=5)
+    assert set(expected["hypothesis"]) == {"expected"} and set(unmasked["hypothesis"]) == {"unmasked"}
+    assert list(expected.columns) == TABLES["probes"].column_names
+    key = ["quantity", "space"]
+    e, ref, u = (t.set_index(key).sort_index() for t in (expected, reference, unmasked))
+    np.testing.assert_allclose(e["value"], ref["value"], rtol=1e-6, atol=1e-9)
+    if not rescale:  # the scale matters: the unmasked model's probes are different
+        assert not np.allclose(e["value"], u["value"], rtol=1e-3)
+    else:
+        np.testing.assert_allclose(e["value"], u["value"], rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="hypothesis"):
+        run_probes(model, handle, data, hypothesis="masked")
