@@ -368,16 +368,22 @@ class MissingTableError(RunLogError):
         )
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object, or RunLogError saying what is wrong with it."""
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunLogError(f"{path} is corrupted: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise RunLogError(f"{path} is corrupted: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "meta.json"
     if not path.is_file():
         raise RunLogError(f"{run_dir} is not a run directory: meta.json is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunLogError(f"{path} is corrupted: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise RunLogError(f"{path} is corrupted: expected a JSON object, got {type(meta).__name__}")
+    meta = _read_json_object(path)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise RunLogError(
@@ -490,12 +496,7 @@ def read_prior_record(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / PRIOR_DIR / "prior.json"
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunLogError(f"{path} is corrupted: not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise RunLogError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    record = _read_json_object(path)
     missing = [k for k in ("prior_fraction", "prior_ids", "certifiable_ids") if k not in record]
     if missing:
         raise RunLogError(f"{path} lacks field(s) {missing}")
