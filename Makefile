@@ -46,6 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/instrumentation.py
+	$(PY) benchmarks/certify_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-out
