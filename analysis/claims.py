@@ -1,4 +1,6 @@
-"""The paper's claims (theory.md section 5) and the theory's, checked on a collected study.
+"""The paper's claims (theory.md section 5) and the theory's, checked on a collected study; also two
+claims about the toolkit's own PAC-Bayes dropout certificate (section 6): that it is non-vacuous, and
+that the p it selects is the p of the smallest test error.
 
 Each check returns a `Claim` with a `Verdict`:
 
@@ -22,6 +24,8 @@ from enum import Enum
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from bounds.pacbayes import VACUOUS_TOL, is_vacuous
 
 from .collect import Collection
 from .figures import Focus
@@ -395,6 +399,89 @@ def sparsity_matches(summary: pd.DataFrame) -> Claim:
                  f"largest |realised - nominal| over runs: {diffs.max():.4f}")
 
 
+#: Summary quantities of the PAC-Bayes dropout certificate (`analysis.collect`, bounds.certificate_report).
+CERTIFICATE = "certificate:pacbayes_dropout"
+CERTIFIED_ERROR = "measured:pacbayes_dropout"
+def _p_panel(summary: pd.DataFrame, focus: Focus) -> pd.DataFrame:
+    """LoRA runs at ``N = focus.n_instances``, with plain LoRA (p = 0, N = 1) as their p = 0 point."""
+    return summary[(summary["method"] == "lora") & ((summary["n_instances"] == focus.n_instances) |
+                                                    ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1)))]
+
+
+def certificate_non_vacuous(summary: pd.DataFrame, focus: Focus) -> Claim:
+    """The toolkit's own PAC-Bayes dropout certificate (theory.md section 6) is below 1 at the focus.
+
+    One measurement per run, decided by it (no interval: the certificate already holds with probability
+    ``1 - 2 (delta + delta_mc)``, and whether it is ``< 1`` is arithmetic): held when every certified
+    LoRA run at the focus configuration (``p``, ``N``; every seed) has a certificate ``< 1 -``
+    `VACUOUS_TOL`; did not hold when any has one within that of 1 or above (vacuous; a vacuous
+    certificate is the outcome this claim is about, so it is decided, not inconclusive); not evaluable
+    without a certified run at the focus. The evidence lists the
+    focus values with their measured test Gibbs error, and the certificates at every other certified
+    configuration.
+    """
+    name, statement = "certificate_non_vacuous", (f"the PAC-Bayes dropout certificate is non-vacuous (< 1) at p="
+                                                  f"{focus.dropout_rate:g}, N={focus.n_instances} (toolkit's own)")
+    lora = summary[summary["method"] == "lora"]
+    cert = _values(lora, CERTIFICATE, dropout_rate=focus.dropout_rate, n_instances=focus.n_instances)
+    if cert.empty:
+        return Claim(name, statement, Verdict.NOT_EVALUABLE,
+                     "no certified run at the focus configuration (PostTraining(certify=True) or lora-dropout certify)")
+    measured = _values(lora, CERTIFIED_ERROR, dropout_rate=focus.dropout_rate, n_instances=focus.n_instances)
+    at_focus = "; ".join(f"seed {s}: certificate {c:.4f}, measured test Gibbs error {measured.get(s, math.nan):.4f}"
+                         for s, c in cert.items())
+    others = quantity(lora, CERTIFICATE)
+    others = others[(others["dropout_rate"] != focus.dropout_rate) | (others["n_instances"] != focus.n_instances)]
+    elsewhere = ", ".join(f"p={r.dropout_rate:g} N={r.n_instances} seed {r.seed}: {r.value:.4f}"
+                          for r in others.itertuples())
+    vacuous = cert[cert.map(is_vacuous)]
+    verdict = Verdict.NOT_HELD if len(vacuous) else Verdict.HELD
+    return Claim(name, statement, verdict,
+                 f"{at_focus}; {len(vacuous)} of {len(cert)} focus runs vacuous (>= 1 - {VACUOUS_TOL:g})"
+                 + (f"; other certified runs: {elsewhere}" if elsewhere else ""))
+
+
+def certificate_selects_p(summary: pd.DataFrame, focus: Focus) -> Claim:
+    """Model selection without a validation set: the p of the smallest certificate is the p of the smallest
+    test error.
+
+    On the p panel (`_p_panel`, certified runs only): ``p_cert`` minimises the mean certificate over seeds,
+    ``p_test`` the mean measured test Gibbs error (of the same posteriors). Held when ``p_cert == p_test``
+    and the test error at ``p_cert`` is below that at every other p with the paired 95% interval excluding
+    0 (``p_test`` is decided). Did not hold when ``p_cert != p_test`` and the test error at ``p_cert`` is
+    above that at ``p_test`` with the paired interval excluding 0. Inconclusive otherwise: one seed, an
+    interval containing 0, a smallest certificate that is vacuous (within `VACUOUS_TOL` of 1 or
+    above: the certificate selects nothing) or shared by several p. Not evaluable with fewer than two certified values of p.
+    """
+    name = "certificate_selects_p"
+    statement = "the p that minimises the PAC-Bayes certificate minimises the test Gibbs error (toolkit's own)"
+    panel = _p_panel(summary, focus)
+    certs = _by_seed(panel, "dropout_rate", CERTIFICATE)
+    errors = _by_seed(panel, "dropout_rate", CERTIFIED_ERROR)
+    ps = [p for p in certs if p in errors]
+    if len(ps) < 2:
+        return Claim(name, statement, Verdict.NOT_EVALUABLE, f"needs >= 2 certified values of p, have {ps}")
+    cert_mean = {p: float(certs[p].mean()) for p in ps}
+    err_mean = {p: float(errors[p].mean()) for p in ps}
+    p_cert, p_test = min(ps, key=cert_mean.get), min(ps, key=err_mean.get)
+    means = ", ".join(f"p={p:g}: certificate {cert_mean[p]:.4f}, test error {err_mean[p]:.4f}" for p in ps)
+    tied = [p for p in ps if cert_mean[p] == cert_mean[p_cert]]
+    if is_vacuous(cert_mean[p_cert]) or len(tied) > 1:
+        why = ("the smallest certificate is vacuous (>= 1)" if is_vacuous(cert_mean[p_cert])
+               else f"the smallest certificate is shared by p in {tied}")
+        return Claim(name, statement, Verdict.INCONCLUSIVE, f"mean over seeds {means}; {why}: it selects no p")
+    if p_cert == p_test:
+        diffs = {p: paired(errors[p_cert], errors[p]) for p in ps if p != p_cert}
+        verdict = Verdict.HELD if all(d.sign() == -1 for d in diffs.values()) else Verdict.INCONCLUSIVE
+        steps = "; ".join(f"test error at p={p_cert:g} - at p={p:g}: {d.text()}" for p, d in diffs.items())
+    else:
+        diff = paired(errors[p_cert], errors[p_test])
+        verdict = Verdict.NOT_HELD if diff.sign() == 1 else Verdict.INCONCLUSIVE
+        steps = f"test error at p={p_cert:g} - at p={p_test:g}: {diff.text()}"
+    return Claim(name, statement, verdict,
+                 f"mean over seeds {means}; p_cert={p_cert:g}, p_test={p_test:g}; {steps}")
+
+
 def check_all(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> list[Claim]:
     s = coll.summary
     return [
@@ -409,4 +496,6 @@ def check_all(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> list[C
         *bound_vs_measured(s),
         stability_vs_theory(s),
         sparsity_matches(s),
+        certificate_non_vacuous(s, focus),
+        certificate_selects_p(s, focus),
     ]

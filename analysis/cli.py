@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="the study over p and N, probes, bounds, figures and report.md",
                          description="Run (or resume) a profile's study and write figures and report.md.")
-    rep.add_argument("--profile", choices=["quick", "full", "paper", "lm"], default="quick")
+    rep.add_argument("--profile", choices=["quick", "full", "paper", "lm", "certify"], default="quick")
     rep.add_argument("--out", type=Path, required=True)
     rep.add_argument("--executor", choices=["local", "ray"], default="local")
     rep.add_argument("--address", help="Ray cluster address")

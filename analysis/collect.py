@@ -8,6 +8,7 @@ running) are skipped, counted and reported with the reason; they never stop the 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bounds.certificate_report import CERTIFICATE_REPORTS
 from bounds.compression import ensemble_compression
 from bounds.estimators import estimate_risks
 from bounds.report import evaluate_run
@@ -37,6 +39,9 @@ CONFIG_COLUMNS = (
     ("epochs", "train", "epochs"),
 )
 TABLE_NAMES = ("runs", "summary", "curves", "reliability", "compression", "bounds", "modules")
+#: Inputs of the certificate reports added to the summary as ``<quantity>:<report>`` (at the best grid point).
+CERTIFICATE_INPUTS = {"posterior_std": "posterior_std", "kl": "kl", "gibbs_error": "train_gibbs_error",
+                      "gibbs_linear": "train_gibbs_linear", "n_bound": "n_bound", "posterior_draws": "posterior_draws"}
 
 
 @dataclass
@@ -44,7 +49,9 @@ class Collection:
     """Tidy tables over runs (every table has ``run_id`` and the `CONFIG_COLUMNS`).
 
     runs : one row per usable run
-    summary : ``quantity, value, stderr`` per run (final metrics, gaps, bounds, beta_hat, probes, sparsity)
+    summary : ``quantity, value, stderr`` per run (final metrics, gaps, bounds, beta_hat, probes, sparsity;
+        with certificates.parquet, ``certificate:<report>`` (its value, also when >= 1),
+        ``linear_certificate:pacbayes_dropout_ensemble`` and `CERTIFICATE_INPUTS` at the best posterior_std)
     curves : every ``steps.jsonl`` row
     reliability : every ``calibration.parquet`` row
     compression : ``bounds.compression.ensemble_compression`` rows
@@ -117,6 +124,14 @@ def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd
                 add(f"{q.name}:{report.name}", q.value)
         if report.name.startswith("prop42[") and not report.name.endswith("[expected]"):
             add(f"beta_hat:{report.name[7:-1]}", report.measured, stderr)
+    for report in reports:  # the PAC-Bayes dropout certificate (theory.md section 6), its value even when >= 1
+        if report.evaluable and report.name in CERTIFICATE_REPORTS:
+            add(f"certificate:{report.name}", report.value)
+            if report.name == "pacbayes_dropout_ensemble":
+                add(f"linear_certificate:{report.name}", report.bound_on_measured)
+            for q in report.inputs:  # at the grid point of the smallest certificate
+                if q.name in CERTIFICATE_INPUTS:
+                    add(f"{CERTIFICATE_INPUTS[q.name]}:{report.name}", q.value)
     if probes is not None:
         for r in probes.itertuples():
             at = "" if r.hypothesis == "unmasked" else f"[{r.hypothesis}]"  # e.g. hessian_min_eig:delta_w[expected]
@@ -138,9 +153,21 @@ def _with_config(frame: pd.DataFrame, run_id: str, config: dict) -> pd.DataFrame
     return frame
 
 
+def certified_grid(run_dir: Path) -> list[float] | None:
+    """The posterior_std grid the run's certificate was measured with, as bounds.json records it
+    (``settings["certificate"]``, written by the study pipeline and by ``lora-dropout certify``); None (the
+    default grid) when it records none. The certificate's ``grid_fixed_in_advance`` audit is held against it."""
+    try:
+        grid = json.loads((run_dir / "bounds.json").read_text())["settings"]["certificate"]["posterior_std_grid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [float(v) for v in grid] if isinstance(grid, list) and grid else None
+
+
 def _collect_run(run: RunLog, run_dir: Path, state: str, *, delta, lam, loss_range) -> dict[str, pd.DataFrame]:
     """Every table's rows for one run (raises on anything wrong with it; `collect` reports and skips)."""
-    reports = evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range)
+    reports = evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range,
+                           posterior_std_grid=certified_grid(run_dir))
     probes = run.table("probes") if run.has("probes") else None
     if probes is not None and (probes["hypothesis"] == "expected").any():  # theorem44[expected], ...
         reports += evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range, hypothesis="expected")

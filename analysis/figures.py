@@ -81,6 +81,14 @@ def study_figures(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> li
         Figure("sparsity", "Realised vs nominal sparsity of dW_hat",
                tables.sparsity(coll.modules), plots.plot_sparsity, {}),
     ]
+    # the toolkit's own PAC-Bayes dropout certificate: only where the study certified runs (over N: >= 2 N)
+    figures.append(Figure("certificate_vs_p", f"PAC-Bayes dropout certificate over p (N = {n}; toolkit's own)",
+                          tables.certificate_over(p_panel, "dropout_rate"), plots.plot_certificate_vs_p,
+                          {"x": "dropout_rate"}))
+    over_n = tables.certificate_over(summary, "n_instances", where={"dropout_rate": p})
+    if len(over_n) >= 2:
+        figures.append(Figure("certificate_vs_n", f"PAC-Bayes dropout certificate over N (p = {p:g}; toolkit's own)",
+                              over_n, plots.plot_certificate_vs_p, {"x": "n_instances"}))
     return [f for f in figures if len(f.table) and f.table.drop(columns=[c for c in ("n",) if c in f.table])
             .notna().any().any()]
 

@@ -231,3 +231,44 @@ def plot_sparsity(table: pd.DataFrame, ax=None):
     ax.set_ylabel("zero fraction of dW_hat")
     ax.legend(frameon=False, fontsize=8)
     return ax
+
+
+_AXIS_LABELS = {"dropout_rate": "dropout rate p", "n_instances": "instances N"}
+
+
+def plot_certificate_vs_p(table: pd.DataFrame, ax=None, x: str = "dropout_rate"):
+    """The PAC-Bayes dropout certificate (the toolkit's own) against the measured test Gibbs error, over
+    ``x`` (``p`` by default; ``n_instances`` for the N panel).
+
+    Columns ``[x, certificate, certificate_low, certificate_high, measured, measured_low, measured_high,
+    ensemble, paper_bound, paper]`` (`tables.certificate_over`). Lines with seed bands for the certificate
+    and the measured error, a dashed line for the ensemble's 0-1 certificate, the paper's Theorem 4.4
+    bound as markers where ``paper`` is ``finite`` and a grey band "Thm 4.4 vacuous" where it is
+    ``vacuous`` (nothing where ``not measured``), and a horizontal line at 1, where a certificate says
+    nothing.
+    """
+    _require(table, [x, "certificate", "certificate_low", "certificate_high", "measured", "measured_low",
+                     "measured_high", "ensemble", "paper_bound", "paper"], "plot_certificate_vs_p")
+    ax = _ax(ax)
+    t = table.sort_values(x)
+    for k, (column, label) in enumerate((("certificate", "certificate (Gibbs 0-1 error)"),
+                                         ("measured", "measured test Gibbs 0-1 error"))):
+        ax.plot(t[x], t[column], marker="o", color=PALETTE(k), label=label)
+        ax.fill_between(t[x], t[f"{column}_low"], t[f"{column}_high"], color=PALETTE(k), alpha=0.2, linewidth=0)
+    ax.plot(t[x], t["ensemble"], "--", marker=".", color=PALETTE(2), label="ensemble 0-1 certificate min(1, 2c)")
+    finite = t[t["paper"] == "finite"]
+    if len(finite):
+        ax.plot(finite[x], finite["paper_bound"], "s", color=PALETTE(3), label="Thm 4.4 bound (test cross-entropy)")
+    xs = t[x].to_numpy(dtype=float)
+    half = (np.diff(xs).min() / 2) if len(xs) > 1 else 0.05
+    shaded = False
+    for value in t.loc[t["paper"] == "vacuous", x]:
+        ax.axvspan(value - half, value + half, color="grey", alpha=0.25, label=None if shaded else "Thm 4.4 vacuous")
+        shaded = True
+    ax.axhline(1.0, color="black", lw=0.8, ls=":", label="1 = vacuous")
+    top = max([1.05, *(1.05 * finite["paper_bound"].to_numpy(dtype=float))])
+    ax.set_ylim(0.0, top)
+    ax.set_xlabel(_AXIS_LABELS.get(x, x))
+    ax.set_ylabel("0-1 error")
+    ax.legend(frameon=False, fontsize=7)
+    return ax

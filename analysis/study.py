@@ -7,13 +7,16 @@ so nothing written is ever lost.
 
 Grid keys name a config field, either qualified (``lora_dropout.dropout_rate``) or bare when the
 name is unique across the sections (``dropout_rate``, ``n_instances``, ``n_train``, ``seed``,
-``method``). A point may also add post-training work: curvature probes and leave-one-out stability.
+``method``). A point may also add post-training work: curvature probes, leave-one-out stability and
+the PAC-Bayes dropout certificate (``certificates.parquet``, measured again only when the grid, the
+draws or the prior it was measured with differ from the point's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bounds.runlog import RunLogError, read_meta, run_state, write_json
+from bounds.runlog import (
+    DEFAULT_POSTERIOR_STD_GRID,
+    PRIOR_DIR,
+    TABLES,
+    RunLogError,
+    read_meta,
+    run_state,
+    write_json,
+)
 from lora_dropout.config import LoraDropoutConfig
 from lora_dropout.runconfig import AdapterConfig, RunConfig, TrainConfig
 
@@ -50,7 +61,10 @@ def qualify(key: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class PostTraining:
-    """Work after training: curvature/Lipschitz probes and leave-one-out stability (written into the run)."""
+    """Work after training: curvature/Lipschitz probes, leave-one-out stability and the PAC-Bayes dropout
+    certificate (theory.md section 6: ``certify_run`` with ``posterior_std_grid``, ``posterior_draws`` and
+    ``certify_prior``, None = the trained prior when the run has one, else the data-free init), each written
+    into the run."""
 
     curvature: bool = False
     stability_k: int = 0
@@ -59,6 +73,21 @@ class PostTraining:
     lanczos_tol: float = 1e-3
     spaces: tuple[str, ...] = ("delta_w",)
     lam: float = 1.0
+    certify: bool = False
+    posterior_std_grid: tuple[float, ...] = DEFAULT_POSTERIOR_STD_GRID
+    posterior_draws: int = 4
+    certify_prior: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.certify_prior not in (None, "init", "trained"):
+            raise ValueError(f"certify_prior={self.certify_prior!r} must be None, 'init' or 'trained'")
+        if isinstance(self.posterior_draws, bool) or not isinstance(self.posterior_draws, int) or \
+                self.posterior_draws < 1:
+            raise ValueError(f"posterior_draws={self.posterior_draws!r} must be an integer >= 1")
+        grid = tuple(float(v) for v in self.posterior_std_grid)
+        if not grid or not all(math.isfinite(v) and v > 0 for v in grid) or len(set(grid)) != len(grid):
+            raise ValueError(f"posterior_std_grid={list(self.posterior_std_grid)!r} must be distinct numbers > 0")
+        object.__setattr__(self, "posterior_std_grid", grid)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -158,7 +187,36 @@ def point_status(study_dir: Path, point: Point) -> str:
         return "probes missing"
     if point.post.stability_k and not (run_dir / "stability.parquet").exists():
         return "stability missing"
+    if point.post.certify and not certificates_current(run_dir, point.post):
+        return "certificates missing"
     return "done"
+
+
+#: Statuses of a trained run whose post-training work is incomplete: resumed in place, never set aside.
+INCOMPLETE = ("probes missing", "stability missing", "certificates missing")
+
+
+def certificates_current(run_dir: str | Path, post: PostTraining) -> bool:
+    """Whether ``run_dir/certificates.parquet`` was measured with ``post``'s settings: the same
+    ``posterior_std`` grid, ``posterior_draws`` and prior (``certify_prior``, or the one ``certify_run``
+    would pick: ``trained`` when ``prior/prior.safetensors`` exists, else ``init``). A missing or unreadable
+    table is not current."""
+    import pandas as pd
+
+    path = Path(run_dir) / TABLES["certificates"].filename
+    if not path.is_file():
+        return False
+    try:
+        table = pd.read_parquet(path, columns=["posterior_std", "draws", "prior", "grid_size"])
+    except Exception:  # unreadable: measure again
+        return False
+    prior = post.certify_prior or ("trained" if (Path(run_dir) / PRIOR_DIR / "prior.safetensors").is_file()
+                                   else "init")
+    grid = sorted(post.posterior_std_grid)
+    found = sorted(float(v) for v in table["posterior_std"])
+    return (len(found) == len(grid) and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(found, grid, strict=True))
+            and set(table["grid_size"]) == {len(grid)} and set(table["draws"]) == {post.posterior_draws}
+            and set(table["prior"]) == {prior})
 
 
 def _set_aside(study_dir: Path, run_dir: Path) -> None:
@@ -219,7 +277,7 @@ def run_study(spec: StudySpec, study_dir: str | Path, *, executor: str = "local"
         if status == "done":
             skipped.append(point.run_id)
             continue
-        if status not in ("missing", "probes missing", "stability missing"):
+        if status != "missing" and status not in INCOMPLETE:
             _set_aside(study_dir, study_dir / point.run_id)
         todo.append(point)
     failed: dict[str, str] = {}

@@ -186,3 +186,44 @@ def sparsity(modules: pd.DataFrame) -> pd.DataFrame:
     sel = modules[modules["dropout_rate"] > 0]
     return pd.DataFrame({"p": sel["dropout_rate"], "nominal": sel["nominal_sparsity"],
                          "realised": sel["dw_zero_fraction"]})
+
+
+#: Summary quantities of `certificate_over`: the PAC-Bayes dropout certificate (bounds.certificate_report).
+CERTIFICATE_SERIES = {"certificate": "certificate:pacbayes_dropout", "measured": "measured:pacbayes_dropout",
+                      "ensemble": "certificate:pacbayes_dropout_ensemble"}
+
+
+def certificate_over(summary: pd.DataFrame, x: str = "dropout_rate", *,
+                     where: Mapping[str, object] | None = None, report: str = "theorem44") -> pd.DataFrame:
+    """The PAC-Bayes dropout certificate over config column ``x``, beside the paper's bound.
+
+    Per value of ``x`` with certified runs, seed bands of: the best certificate on the Gibbs member's
+    0-1 error (``certificate``), the measured test Gibbs 0-1 error of the same posterior
+    (``measured``), and the ensemble's 0-1 certificate ``min(1, 2 x linear certificate)``
+    (``ensemble``). ``paper`` says what the paper's Theorem 4.4 gives at that ``x``: ``finite``
+    (``paper_bound`` is the mean over seeds of its bound on the test risk, cross-entropy), ``vacuous``
+    (for any seed; ``paper_bound`` inf) or ``not measured`` (no curvature probes; NaN). Returns
+    ``[x, certificate, certificate_low, certificate_high, measured, measured_low, measured_high,
+    ensemble, ensemble_low, ensemble_high, paper_bound, paper, n]`` (``n``: certified seeds).
+    """
+    columns = [x, *(f"{s}{e}" for s in CERTIFICATE_SERIES for e in ("", "_low", "_high")), "paper_bound", "paper",
+               "n"]
+    rows = []
+    for value, g in _select(summary, where).groupby(x):
+        cert = quantity(g, CERTIFICATE_SERIES["certificate"])
+        if cert.empty:
+            continue  # not certified at this x
+        row: dict[str, object] = {x: value}
+        for label, name in CERTIFICATE_SERIES.items():
+            band = _band(quantity(g, name)["value"])
+            row.update({label: band["mean"], f"{label}_low": band["low"], f"{label}_high": band["high"]})
+        vac = quantity(g, f"vacuous:{report}")["value"]
+        if vac.empty:
+            row.update(paper_bound=math.nan, paper="not measured")
+        elif (vac > 0).any():
+            row.update(paper_bound=math.inf, paper="vacuous")
+        else:
+            row.update(paper_bound=float(quantity(g, f"bound:{report}")["value"].mean()), paper="finite")
+        row["n"] = len(cert)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)

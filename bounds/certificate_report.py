@@ -36,7 +36,7 @@ The audit:
 - ``kl_recomputed``: the table's ``kl`` equals ``dropout_kl`` of its distances (the probe's arithmetic);
 - ``measured_below_bound``: the measured test value is at most the bound.
 
-A certificate ``>= 1`` says nothing and is reported as vacuous.
+A certificate ``>= 1`` (within `bounds.pacbayes.VACUOUS_TOL`) says nothing and is reported as vacuous.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from .estimators import Quantity
-from .pacbayes import certificate, dropout_kl, ensemble_transfer
+from .pacbayes import certificate, dropout_kl, ensemble_transfer, is_vacuous
 from .report import Assumption, BoundReport
 from .runlog import (
     DEFAULT_POSTERIOR_STD_GRID,
@@ -106,7 +106,7 @@ def certificate_table(frame: pd.DataFrame, *, delta: float | None = None,
         One row per ``posterior_std`` (ascending): ``posterior_std, kl, kl_factor_term, kl_head_term,
         train_gibbs_error, mc_rhs, gibbs_upper, rhs, certificate, test_gibbs_error, train_gibbs_linear,
         linear_gibbs_upper, linear_certificate, ensemble_zero_one, test_gibbs_linear, vacuous`` (``kl*``
-        recomputed with `bounds.pacbayes.dropout_kl`; ``vacuous`` when the certificate is ``>= 1``).
+        recomputed with `bounds.pacbayes.dropout_kl`; ``vacuous`` when the certificate is ``>= 1`` (`is_vacuous`)).
     """
     f = frame.sort_values("posterior_std").reset_index(drop=True)
     d = float(f["delta"].iloc[0]) if delta is None else delta
@@ -127,7 +127,7 @@ def certificate_table(frame: pd.DataFrame, *, delta: float | None = None,
         "train_gibbs_linear": linear.gibbs_estimate, "linear_gibbs_upper": linear.gibbs_upper,
         "linear_certificate": linear.value, "ensemble_zero_one": ensemble.zero_one_error,
         "test_gibbs_linear": f["test_gibbs_linear"].to_numpy(float),
-        "vacuous": zero_one.value >= 1.0,
+        "vacuous": is_vacuous(zero_one.value),
     })
 
 
@@ -294,7 +294,7 @@ def certificate_reports(run_dir: str | Path, *, posterior_std_grid: Sequence[flo
     i = int(np.argmin(table["certificate"].to_numpy()))
     value, estimate, upper = (float(table[c].iloc[i]) for c in ("certificate", "train_gibbs_error", "gibbs_upper"))
     measured = float(table["test_gibbs_error"].iloc[i])
-    vacuous = value >= 1.0
+    vacuous = is_vacuous(value)
     measured_name = f"test Gibbs 0-1 error (posterior_std={table['posterior_std'].iloc[i]:g}, {n_test} x {k} draws)"
     assumptions = [*audit[:3], _monte_carlo(table, ""), audit[4],
                    Assumption("measured_below_bound", measured, value, measured <= value,
@@ -311,7 +311,7 @@ def certificate_reports(run_dir: str | Path, *, posterior_std_grid: Sequence[flo
     j = int(np.argmin(table["linear_certificate"].to_numpy()))
     linear, bound = float(table["linear_certificate"].iloc[j]), float(table["ensemble_zero_one"].iloc[j])
     measured = float(table["test_gibbs_linear"].iloc[j])
-    vacuous = bound >= 1.0
+    vacuous = is_vacuous(bound)
     measured_name = (f"test linear loss 1 - prob_y of the Gibbs member (= the ensemble's expected linear loss; "
                      f"posterior_std={table['posterior_std'].iloc[j]:g}, {n_test} x {k} draws)")
     assumptions = [*audit[:3], _monte_carlo(table, "linear_"), audit[4],

@@ -193,3 +193,81 @@ def test_sparsity():
         is Verdict.HELD
     assert claims.sparsity_matches(frame(nominal, rows("sparsity_realised", [0.40], seeds=(0,)))).verdict \
         is Verdict.NOT_HELD
+
+
+def certificate_panel(cert, err, seeds=SEEDS):
+    """Certificates and measured test Gibbs errors per p of the panel (p = 0 is plain LoRA, N = 1)."""
+    parts = []
+    for p, values in cert.items():
+        n = 1 if p == 0 else 2
+        parts += [rows("certificate:pacbayes_dropout", values, p=p, n=n, seeds=seeds),
+                  rows("measured:pacbayes_dropout", err[p], p=p, n=n, seeds=seeds)]
+    return frame(*parts)
+
+
+@pytest.mark.parametrize(("focus_values", "verdict"), [
+    ([0.30, 0.32, 0.31], Verdict.HELD),
+    ([0.30, 1.0, 0.31], Verdict.NOT_HELD),  # one seed vacuous: decided, not inconclusive
+    ([0.30, 1 - 2.6e-12, 0.31], Verdict.NOT_HELD),  # the kl inverse's bisection where nothing is certified
+    ([0.999, 0.98, 0.99], Verdict.HELD),    # below 1 is below 1: no interval around an exact inequality
+])
+def test_certificate_non_vacuous(focus_values, verdict):
+    s = certificate_panel({0.0: [1.0] * 3, 0.3: focus_values}, {0.0: [0.3] * 3, 0.3: [0.25] * 3})
+    claim = claims.certificate_non_vacuous(s, FOCUS)
+    assert claim.verdict is verdict, claim
+    assert f"certificate {focus_values[1]:.4f}" in claim.evidence and "p=0 N=1" in claim.evidence
+    # vacuous elsewhere (p = 0) does not decide the claim at the focus; no certificate there: not evaluable
+    only_p0 = certificate_panel({0.0: [0.5] * 3}, {0.0: [0.3] * 3})
+    assert claims.certificate_non_vacuous(only_p0, FOCUS).verdict is Verdict.NOT_EVALUABLE
+
+
+BASE_ERR = np.array([0.25, 0.26, 0.24])
+
+
+@pytest.mark.parametrize(("cert", "err", "seeds", "verdict"), [
+    # p_cert = p_test = 0.3 and its test error is below both others by 0.05 (interval excludes 0)
+    ({0.0: [0.9] * 3, 0.3: [0.5] * 3, 0.6: [0.7] * 3},
+     {0.0: BASE_ERR + offsets(0.05), 0.3: BASE_ERR, 0.6: BASE_ERR + offsets(0.06)}, SEEDS, Verdict.HELD),
+    # the certificate picks p = 0.6, whose test error is above p = 0.3's by 0.05: decided against
+    ({0.0: [0.9] * 3, 0.3: [0.7] * 3, 0.6: [0.5] * 3},
+     {0.0: BASE_ERR + offsets(0.05), 0.3: BASE_ERR, 0.6: BASE_ERR + offsets(0.05)}, SEEDS, Verdict.NOT_HELD),
+    # the certificate picks p = 0.6, above p = 0.3 by only 0.02 (interval contains 0)
+    ({0.0: [0.9] * 3, 0.3: [0.7] * 3, 0.6: [0.5] * 3},
+     {0.0: BASE_ERR + offsets(0.05), 0.3: BASE_ERR, 0.6: BASE_ERR + offsets(0.02)}, SEEDS, Verdict.INCONCLUSIVE),
+    # same p, but p = 0.3 against p = 0.6 is not decided
+    ({0.0: [0.9] * 3, 0.3: [0.5] * 3, 0.6: [0.7] * 3},
+     {0.0: BASE_ERR + offsets(0.05), 0.3: BASE_ERR, 0.6: BASE_ERR + offsets(0.02)}, SEEDS, Verdict.INCONCLUSIVE),
+    # one seed: no interval, however clear the means
+    ({0.0: [0.9], 0.3: [0.5], 0.6: [0.7]}, {0.0: [0.4], 0.3: [0.2], 0.6: [0.4]}, (0,), Verdict.INCONCLUSIVE),
+    # vacuous everywhere (1 up to the bisection's rounding): the certificate selects no p
+    ({0.0: [1.0] * 3, 0.3: [1.0] * 3, 0.6: [1 - 2.6e-12] * 3},
+     {0.0: BASE_ERR + offsets(0.05), 0.3: BASE_ERR, 0.6: BASE_ERR + offsets(0.06)}, SEEDS, Verdict.INCONCLUSIVE),
+    # a tie at the smallest certificate
+    ({0.0: [0.9] * 3, 0.3: [0.5] * 3, 0.6: [0.5] * 3},
+     {0.0: BASE_ERR + offsets(0.05), 0.3: BASE_ERR, 0.6: BASE_ERR + offsets(0.06)}, SEEDS, Verdict.INCONCLUSIVE),
+])
+def test_certificate_selects_p(cert, err, seeds, verdict):
+    claim = claims.certificate_selects_p(certificate_panel(cert, err, seeds), FOCUS)
+    assert claim.verdict is verdict, claim
+
+
+def test_certificate_selects_p_needs_two_certified_p():
+    s = certificate_panel({0.3: [0.5] * 3}, {0.3: BASE_ERR})
+    assert claims.certificate_selects_p(s, FOCUS).verdict is Verdict.NOT_EVALUABLE
+    # runs at another N are not on the p panel
+    other_n = frame(rows("certificate:pacbayes_dropout", [0.4] * 3, p=0.6, n=4),
+                    rows("measured:pacbayes_dropout", BASE_ERR, p=0.6, n=4))
+    assert claims.certificate_selects_p(pd.concat([s, other_n]), FOCUS).verdict is Verdict.NOT_EVALUABLE
+
+
+def test_check_all_includes_the_certificate_claims():
+    from analysis.collect import Collection
+
+    s = certificate_panel({0.0: [0.9] * 3, 0.3: [0.5] * 3}, {0.0: BASE_ERR + offsets(0.05), 0.3: BASE_ERR})
+    empty = pd.DataFrame()
+    coll = Collection(runs=pd.DataFrame(columns=["run_id", "seed", "method", "dropout_rate", "n_instances",
+                                                 "wall_s"]),
+                      summary=s, curves=empty, reliability=empty, compression=pd.DataFrame(columns=["jensen_gap"]),
+                      bounds=empty, modules=empty)
+    found = {c.name: c.verdict for c in claims.check_all(coll, empty, FOCUS)}
+    assert found["certificate_non_vacuous"] is Verdict.HELD and found["certificate_selects_p"] is Verdict.HELD

@@ -1,5 +1,6 @@
 """A tiny study end to end: runs, resume, collection with a corrupted run, Ray, figures and report."""
 
+import dataclasses
 import json
 import shutil
 
@@ -7,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.claims import Verdict
 from analysis.collect import collect
-from analysis.reproduce import make_profile, profile_with, reproduce
-from analysis.study import StudySpec, run_study
+from analysis.reproduce import QUICK_POSTERIOR_STD_GRID, make_profile, profile_with, reproduce
+from analysis.study import StudySpec, point_status, run_study
 from bounds.runlog import read_meta
 from lora_dropout.runconfig import RunConfig
 from tests.tiny import save_tiny_classifier, write_tiny_csv
@@ -81,7 +83,9 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
     names = {p.stem for p in result.figures}
     assert names == {"fig5_accuracy_over_p", "fig5_risk_over_p", "fig5_accuracy_over_n", "fig1_loss_curves",
                      "fig4_ablation", "fig3_ece_over_training", "fig3_reliability", "bound_vs_p",
-                     "stability_beta", "compression_risk", "compression_jensen_gap", "sparsity"}
+                     "stability_beta", "compression_risk", "compression_jensen_gap", "sparsity",
+                     "certificate_vs_p"}  # no certificate_vs_n: only one N is certified
+    recertified, started = _check_certificates(tmp_path, result, profile.spec)
     for png in result.figures:
         assert png.with_suffix(".pdf").is_file()
         sidecar = json.loads(png.with_suffix(".json").read_text())
@@ -94,6 +98,40 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
     # resuming does no training: every run is already done
     again = reproduce(profile, tmp_path, progress=False)
     assert again.claims == result.claims
+    assert (recertified / "certificates.parquet").is_file() and read_meta(recertified)["started_at"] == started
+
+
+def _check_certificates(out, result, spec):
+    """The quick profile certifies its p panel: collected, audited against the grid it used, claimed, resumed."""
+    summary = pd.read_parquet(out / "collected" / "summary.parquet")
+    cert = summary[summary["quantity"] == "certificate:pacbayes_dropout"]
+    assert sorted(zip(cert["dropout_rate"], cert["n_instances"], strict=True)) == [(0.0, 1), (0.3, 2), (0.6, 2)]
+    assert cert["value"].between(0, 1).all()
+    per_run = summary[summary["run_id"] == "p0.3-N2-seed0"].set_index("quantity")["value"]
+    assert per_run["posterior_std:pacbayes_dropout"] == QUICK_POSTERIOR_STD_GRID[0]
+    assert per_run["posterior_draws:pacbayes_dropout"] == 2
+    assert per_run["n_bound:pacbayes_dropout"] == 32  # the init prior certifies every training example
+    for name in ("measured:pacbayes_dropout", "kl:pacbayes_dropout", "train_gibbs_error:pacbayes_dropout",
+                 "certificate:pacbayes_dropout_ensemble", "linear_certificate:pacbayes_dropout_ensemble"):
+        assert np.isfinite(per_run[name]), name
+    assert per_run["certificate:pacbayes_dropout_ensemble"] == pytest.approx(
+        min(1.0, 2 * per_run["linear_certificate:pacbayes_dropout_ensemble"]))
+    # the grid audit holds against the grid the study used (recorded in bounds.json), not the default grid
+    bounds = pd.read_parquet(out / "collected" / "bounds.parquet")
+    grid = bounds[(bounds["report"] == "pacbayes_dropout") & (bounds["name"] == "grid_fixed_in_advance")]
+    assert len(grid) == 3 and (grid["holds"] == "True").all()
+    claims = {c.name: c for c in result.claims}
+    assert claims["certificate_non_vacuous"].verdict is not Verdict.NOT_EVALUABLE
+    assert claims["certificate_selects_p"].verdict is Verdict.INCONCLUSIVE  # one seed
+    # resume: certificates missing (or measured with other settings) are measured again, without retraining
+    point = next(p for p in spec.expand() if p.run_id == "p0.3-N2-seed0")
+    run_dir = out / "runs" / point.run_id
+    assert point_status(out / "runs", point) == "done"
+    other = dataclasses.replace(point, post=dataclasses.replace(point.post, posterior_draws=3))
+    assert point_status(out / "runs", other) == "certificates missing"
+    (run_dir / "certificates.parquet").unlink()
+    assert point_status(out / "runs", point) == "certificates missing"
+    return run_dir, read_meta(run_dir)["started_at"]
 
 
 def test_full_profile_can_decide_the_adalora_claim_and_draws_curves():

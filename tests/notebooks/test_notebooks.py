@@ -19,8 +19,8 @@ def env(tmp_path_factory):
             "LORA_DROPOUT_FIGURES": str(root / "figures"), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 
 
-def test_there_are_seven_notebooks():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+def test_there_are_eight_notebooks():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
