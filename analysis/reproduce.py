@@ -3,7 +3,8 @@
 Profiles
 --------
 quick
-    What ``make demo`` runs: sized for about 15 minutes on a 2-core CPU. One seed, a small training
+    What ``make demo`` runs: meant for about 15 minutes on a 2-core CPU (about 20-25 measured with the
+    certificate and eta over every training example: to be trimmed). One seed, a small training
     set, five runs (plain LoRA; p = 0.3 at N = 1, 2, 4; p = 0.6 at N = 2), curvature probes (32
     examples, Lanczos to 1e-2) and the PAC-Bayes dropout certificate (data-free prior, posterior_std
     0.01 only, k = 2 draws: forward passes only) on the three runs of the p panel, and
@@ -95,7 +96,7 @@ def make_profile(name: str, *, model: str | None = None, data: str | None = None
                      {**panel, "stability_k": 2, "stability_methods": ("retrain", "warm_start")}),
                     ({"dropout_rate": 0.6, "n_instances": 2}, panel))
         n_seeds = seeds or 1
-        description = "quick: 1 seed, n_train 256, 4 epochs, 5 runs (about 15 minutes on a 2-core CPU)"
+        description = "quick: 1 seed, n_train 256, 4 epochs, 5 runs (about 20-25 minutes on a 2-core CPU)"
     elif name == "certify":
         # theory.md section 6, measured feasibility: a prior trained on half the data, the posterior
         # continued from it on all of it at a fifth of the learning rate for one epoch
