@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .validation import check_array
+from .validation import check_array, check_option
 
 ArrayLike = float | np.ndarray
 
@@ -335,11 +335,7 @@ def lemma43_bound(
     >>> b.value, b.terms["gap"]  # sqrt((1 + 12 * 10 * 0.0125) / (2 * 10 * 0.5)) = sqrt(0.25)
     (0.7, 0.5)
     """
-    try:
-        form = Lemma43Form(form)
-    except ValueError:
-        allowed = ", ".join(repr(f.value) for f in Lemma43Form)
-        raise ValueError(f"form={form!r} is not one of {allowed}") from None
+    form = check_option(Lemma43Form, "form", form)
     r = check_array("r_hat", r_hat)
     c = _loss_range(loss_range)
     n_a = _n_train(n)
@@ -362,14 +358,16 @@ def lemma43_bound(
     return _assemble(scalar, {"r_hat": r, "gap": gap})
 
 
+def _theorem44_inputs(loss_range, lipschitz, hessian_min_eig, lam, p, delta):
+    """The validated inputs Theorem 4.4's gap and `n_needed` share."""
+    return (_loss_range(loss_range), _nonnegative("lipschitz eta", lipschitz),
+            check_array("hessian_min_eig Lambda_min", hessian_min_eig), _nonnegative("lam", lam), _rate(p),
+            _delta(delta))
+
+
 def _theorem44_gap(loss_range, lipschitz, hessian_min_eig, lam, p, n, delta):
-    c = _loss_range(loss_range)
-    eta = _nonnegative("lipschitz eta", lipschitz)
-    hmin = check_array("hessian_min_eig Lambda_min", hessian_min_eig)
-    lam_a = _nonnegative("lam", lam)
-    p_a = _rate(p)
+    c, eta, hmin, lam_a, p_a, d = _theorem44_inputs(loss_range, lipschitz, hessian_min_eig, lam, p, delta)
     n_a = _n_train(n)
-    d = _delta(delta)
     denom, vacuous, reason = _denominator(hmin, lam_a, p_a)
     # Computed from the printed formula rather than via stability_bound, so n does not cancel in
     # floating point; the two agree (tested).
@@ -548,12 +546,7 @@ def n_needed(
     >>> n_needed(1.0, 1.0, hessian_min_eig=0.0, lam=1.0, p=0.0, delta=0.05)  # D = 0: vacuous at any n
     inf
     """
-    c = _loss_range(loss_range)
-    eta = _nonnegative("lipschitz eta", lipschitz)
-    hmin = check_array("hessian_min_eig Lambda_min", hessian_min_eig)
-    lam_a = _nonnegative("lam", lam)
-    p_a = _rate(p)
-    d = _delta(delta)
+    c, eta, hmin, lam_a, p_a, d = _theorem44_inputs(loss_range, lipschitz, hessian_min_eig, lam, p, delta)
     denom, vacuous, _ = _denominator(hmin, lam_a, p_a)
     with np.errstate(over="ignore"):  # overflow is +inf, the right limit
         out = np.where(vacuous, np.inf, (c**2 + 24.0 * c * eta**2 / denom) / (2.0 * d * c**2))

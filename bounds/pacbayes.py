@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.special import rel_entr
 
-from .validation import check_array
+from .validation import check_array, check_option
 
 #: A certificate within this of 1 is read as 1 (vacuous): the upper kl inverse reaches 1 only in the limit,
 #: so a bisection where nothing is certified returns 1 - O(1e-12) (measured: 0.9999999999974), not 1.
@@ -654,11 +654,7 @@ def certificate(
     >>> print(f"{c.gibbs_estimate} <= {c.gibbs_upper:.4f} -> {c.value:.4f} (fails w.p. {c.failure_probability})")
     0.2 <= 0.2148 -> 0.3252 (fails w.p. 0.05)
     """
-    try:
-        loss_label = GibbsLoss(loss)
-    except ValueError:
-        allowed = ", ".join(repr(x.value) for x in GibbsLoss)
-        raise ValueError(f"loss={loss!r} is not one of {allowed}") from None
+    loss_label = check_option(GibbsLoss, "loss", loss)
     q = _unit("gibbs_estimate", gibbs_estimate)
     kl_a = check_array("kl", kl.total if isinstance(kl, DropoutKL) else kl, low=0.0, allow_inf=True)
     n_b = _count("n_bound", n_bound)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 import numpy as np
+
+E = TypeVar("E", bound=Enum)
 
 
 def check_array(
@@ -38,3 +41,12 @@ def check_array(
         where = f" ({int(bad.sum())} of {x.size} entries bad)" if x.ndim else ""
         raise ValueError(f"{name} must be {requirement}, got {first!r}{where}")
     return x
+
+
+def check_option(enum: type[E], name: str, value: Any) -> E:
+    """``value`` as a member of the str enum ``enum``, or ValueError naming ``name`` and the allowed values."""
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum)
+        raise ValueError(f"{name}={value!r} is not one of {allowed}") from None
