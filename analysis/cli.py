@@ -21,17 +21,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _run_config_flags(parser: argparse.ArgumentParser) -> None:
-    from lora_dropout.config import LoraDropoutConfig
-    from lora_dropout.runconfig import AdapterConfig, TrainConfig
+    from lora_dropout.method.config import LoraDropoutConfig
+    from lora_dropout.runs.config import AdapterConfig, TrainConfig
 
     add_dataclass_flags(parser, TrainConfig, "train")
     add_dataclass_flags(parser, AdapterConfig, "adapter")
-    # the mask seed is derived from --seed (lora_dropout.runconfig.derive_seed), so it has no flag of its own
+    # the mask seed is derived from --seed (lora_dropout.runs.config.derive_seed), so it has no flag of its own
     add_dataclass_flags(parser, LoraDropoutConfig, "lora_dropout", skip=("seed",))
 
 
 def run_config_from_args(args: argparse.Namespace):
-    from lora_dropout.runconfig import RunConfig
+    from lora_dropout.runs.config import RunConfig
 
     return RunConfig.from_dict({section: dataclass_kwargs(args, section)
                                 for section in ("train", "adapter", "lora_dropout")})
@@ -58,7 +58,7 @@ def quiet_libraries() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lora_dropout.run import train_run
+    from lora_dropout.runs.run import train_run
 
     quiet_libraries()
     try:
@@ -143,7 +143,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from lora_dropout.probe_run import probe_run
+    from lora_dropout.probes.on_run import probe_run
 
     quiet_libraries()
     if not (args.curvature or args.stability_k):
@@ -166,7 +166,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lora_dropout.evaluate_file import evaluate_file
+    from lora_dropout.runs.evaluate_file import evaluate_file
 
     quiet_libraries()
     try:
@@ -283,7 +283,7 @@ def _format_certificates(table, reports) -> str:
 def cmd_certify(args: argparse.Namespace) -> int:
     from bounds.certificate_report import certificate_reports, certificate_table, write_certificate_entries
     from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
-    from lora_dropout.certify import certify_run
+    from lora_dropout.probes.certify import certify_run
 
     quiet_libraries()
     grid = tuple(args.posterior_std_grid or DEFAULT_POSTERIOR_STD_GRID)

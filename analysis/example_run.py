@@ -24,8 +24,8 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "bounds" / "data" / "example
 
 
 def make_example_run(out: Path = DEFAULT_OUT) -> Path:
-    from lora_dropout.probe_run import probe_run
-    from lora_dropout.run import train_run
+    from lora_dropout.probes.on_run import probe_run
+    from lora_dropout.runs.run import train_run
 
     from .scales import profile_for
 

@@ -43,9 +43,9 @@ def certificate_settings(run_dir: Path, post: PostTraining) -> dict | None:
 
 def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
     """Bring ``study_dir / point.run_id`` to completion and return it."""
-    from lora_dropout.certify import certify_run
-    from lora_dropout.probe_run import probe_run
-    from lora_dropout.run import train_run
+    from lora_dropout.probes.certify import certify_run
+    from lora_dropout.probes.on_run import probe_run
+    from lora_dropout.runs.run import train_run
 
     run_dir = study_dir / point.run_id
     trained = (run_dir / "meta.json").exists() and run_state(read_meta(run_dir)) == "success"

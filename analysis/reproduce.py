@@ -46,8 +46,8 @@ from pathlib import Path
 import pandas as pd
 
 from bounds.runlog import RunLogError, read_meta, run_state, write_atomic
-from lora_dropout.provenance import git_info, utc_now, versions
-from lora_dropout.runconfig import RunConfig
+from lora_dropout.runs.config import RunConfig
+from lora_dropout.runs.provenance import git_info, utc_now, versions
 
 from .claims import DISAGREEMENT_FACTOR, VERDICT_RULE, Claim, check_all, estimator_disagreement
 from .collect import collect
@@ -188,9 +188,9 @@ def drop_test(study_dir: Path, spec: StudySpec, focus: Focus, cache: Path) -> pd
     The ensemble has ``focus.n_instances`` members drawn from the evaluation stream. Cached in
     ``cache`` (one row per run), so a resumed reproduction does not repeat it.
     """
-    from lora_dropout.apply import apply_lora_dropout
-    from lora_dropout.evaluate import run_split, summary_rows
-    from lora_dropout.run import load_run
+    from lora_dropout.method.apply import apply_lora_dropout
+    from lora_dropout.runs.evaluate import run_split, summary_rows
+    from lora_dropout.runs.run import load_run
 
     done = pd.read_parquet(cache) if cache.exists() else pd.DataFrame(columns=["run_id", "seed", "dropout_rate",
                                                                                "accuracy", "risk"])

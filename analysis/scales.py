@@ -54,7 +54,7 @@ def _tiny_assets(root: Path) -> dict:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from lora_dropout.models import load_tokenizer
+    from lora_dropout.runs.models import load_tokenizer
 
     model_dir, data_file = root / "tiny-bert", root / "tiny-sentiment.csv"
     if not (model_dir / "config.json").exists():

@@ -33,8 +33,8 @@ from bounds.runlog import (
     run_state,
     write_json,
 )
-from lora_dropout.config import LoraDropoutConfig
-from lora_dropout.runconfig import AdapterConfig, RunConfig, TrainConfig
+from lora_dropout.method.config import LoraDropoutConfig
+from lora_dropout.runs.config import AdapterConfig, RunConfig, TrainConfig
 
 SECTIONS = {"train": TrainConfig, "adapter": AdapterConfig, "lora_dropout": LoraDropoutConfig}
 #: Short names used in run ids.

@@ -3,7 +3,7 @@
 On the embedded default (MiniLM, Rotten Tomatoes), ``--n-train`` training and test examples (default 32,
 so that the default run takes about 3 minutes on 2 CPU cores; both costs grow linearly in the examples, so
 the ratios hardly depend on it), batch 32, LoRA Dropout at p = 0.3, N = 2, one epoch; then
-`lora_dropout.certify.certify_run` on that run with the default ``posterior_std`` grid and ``k = --draws``
+`lora_dropout.probes.certify.certify_run` on that run with the default ``posterior_std`` grid and ``k = --draws``
 posterior draws per example. Prints counts and ratios (machines are noisy; nothing here is a pass/fail
 timing):
 
@@ -11,11 +11,11 @@ timing):
     forward pre-hook on the model, rows of every call, attributed to the split being measured), over the
     number of certified examples, against certify's own ``passes`` and the goal ``grid size x k + 1``;
     the same count on the test split, and the number of forward calls against the number expected;
-(b) ``certify_run`` over one training epoch of the same run (`lora_dropout.train.fit` on a freshly built
+(b) ``certify_run`` over one training epoch of the same run (`lora_dropout.runs.train.fit` on a freshly built
     model, timed just before and just after certify; the mean is the denominator): the whole command
     (rebuilding the run, parquet) and the posterior sampling alone, on the certified split and on both;
-(c) per draw batch: `lora_dropout.posterior.posterior_logits` (``k`` draws, per-example Gaussian
-    perturbation) over `lora_dropout.ensemble.predict` with ``k`` members, on the same batch, alternated in
+(c) per draw batch: `lora_dropout.probes.posterior.posterior_logits` (``k`` draws, per-example Gaussian
+    perturbation) over `lora_dropout.method.ensemble.predict` with ``k`` members, on the same batch, alternated in
     rounds (ratio of medians): what the per-example perturbation (noise and per-row matmuls) costs.
 
     python benchmarks/certify_cost.py [--n-train 32] [--draws 4] [--prior-fraction 0.5] [--json out.json]
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
-import lora_dropout.certify as certify_mod
+import lora_dropout.probes.certify as certify_mod
 from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
-from lora_dropout.ensemble import predict
-from lora_dropout.objective import instance_chunks
-from lora_dropout.posterior import posterior_logits
-from lora_dropout.run import train_run
-from lora_dropout.runconfig import RunConfig
-from lora_dropout.train import build_model, fit, prepare, steps_per_epoch
+from lora_dropout.method.ensemble import predict
+from lora_dropout.method.objective import instance_chunks
+from lora_dropout.probes.posterior import posterior_logits
+from lora_dropout.runs.config import RunConfig
+from lora_dropout.runs.run import train_run
+from lora_dropout.runs.train import build_model, fit, prepare, steps_per_epoch
 
 
 def timed(fn):

@@ -33,21 +33,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lora_dropout.curvature import dense_hessian, lanczos_extremes
-from lora_dropout.evaluate import calibration_rows, run_split, sample_frame, summary_rows
-from lora_dropout.probes import (
+from lora_dropout.probes.curvature import dense_hessian, lanczos_extremes
+from lora_dropout.probes.gradients import (
     ParamSpace,
     hessian_hvp,
     per_sample_grad_norms,
     per_sample_grad_norms_loop,
     run_probes,
 )
-from lora_dropout.run import train_run
-from lora_dropout.runconfig import RunConfig
-from lora_dropout.runwriter import write_table
-from lora_dropout.sparsity import module_sparsity
-from lora_dropout.stability import LoraLooProblem
-from lora_dropout.train import build_model, fit, prepare, steps_per_epoch
+from lora_dropout.probes.stability import LoraLooProblem
+from lora_dropout.runs.config import RunConfig
+from lora_dropout.runs.evaluate import calibration_rows, run_split, sample_frame, summary_rows
+from lora_dropout.runs.run import train_run
+from lora_dropout.runs.sparsity import module_sparsity
+from lora_dropout.runs.train import build_model, fit, prepare, steps_per_epoch
+from lora_dropout.runs.writer import write_table
 
 
 def timed(fn):
@@ -115,7 +115,7 @@ def main(argv=None):
     # this uses a tiny 2-layer BERT (the test suite's) in float64.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from lora_dropout import LoraDropoutConfig, apply_lora_dropout
-    from lora_dropout.batching import EncodedSplit
+    from lora_dropout.tasks.classification import EncodedSplit
     from tests.tiny import tiny_batch, tiny_lora
 
     tiny = tiny_lora(b_scale=3.0).double()

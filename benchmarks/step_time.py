@@ -27,9 +27,9 @@ from datetime import date
 import torch
 
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout, predict
-from lora_dropout.data import load_rotten_tomatoes
-from lora_dropout.models import AdapterConfig, load_classifier, load_tokenizer, make_peft_model
-from lora_dropout.objective import looped_n_instance_loss, n_instance_backward
+from lora_dropout.method.objective import looped_n_instance_loss, n_instance_backward
+from lora_dropout.runs.models import AdapterConfig, load_classifier, load_tokenizer, make_peft_model
+from lora_dropout.tasks.data import load_rotten_tomatoes
 
 
 def _sync(device):

@@ -1,7 +1,7 @@
 """The PAC-Bayes dropout certificate of a run, as `BoundReport`s (theory.md section 6; the toolkit's own).
 
 Pure arithmetic on ``certificates.parquet`` (written by ``lora-dropout certify RUN_DIR``,
-`lora_dropout.certify`) with `bounds.pacbayes`:
+`lora_dropout.probes.certify`) with `bounds.pacbayes`:
 
 ==============================  =================================================================
 ``pacbayes_dropout``            the Gibbs member's 0-1 error: the smallest certificate over the

@@ -91,7 +91,7 @@ PRIOR_FILES = {
                         "data-free prior mean)",
     "prior.safetensors": "the prior mean trained on prior_ids (only when prior_fraction > 0): config.train.epochs "
                          "epochs at config.train.lr on the first floor(prior_fraction * n) positions of the "
-                         "seeded prior order (lora_dropout.train.prior_order); the posterior trains from it",
+                         "seeded prior order (lora_dropout.runs.train.prior_order); the posterior trains from it",
     "prior.json": '{"prior_fraction": float, "prior_ids": [sample ids the prior trained on], "certifiable_ids": '
                   "[the other training sample ids]}, both in the training split's order; prior_fraction 0: "
                   "prior_ids [] and certifiable_ids every training id",

@@ -5,7 +5,7 @@ The training side of the toolkit (torch, transformers, peft). Import what you us
 >>> from lora_dropout import LoraDropoutConfig  # doctest: +SKIP
 """
 
-from .config import EnsembleAverage, EvalMode, LoraDropoutConfig, MaskScope
+from .method.config import EnsembleAverage, EvalMode, LoraDropoutConfig, MaskScope
 
 __all__ = [
     "EnsembleAverage",
@@ -31,20 +31,20 @@ __all__ = [
 # The torch-dependent API is imported lazily, so `import lora_dropout` (e.g. for the config or the
 # data loaders) works without paying for torch, transformers and peft.
 _LAZY = {
-    "apply_lora_dropout": "apply",
-    "get_lora_dropout": "apply",
-    "LoraDropout": "apply",
-    "MaskSet": "apply",
-    "n_instance_loss": "objective",
-    "n_instance_backward": "objective",
-    "looped_n_instance_loss": "objective",
-    "predict": "ensemble",
-    "Prediction": "ensemble",
-    "save_lora_dropout": "persist",
-    "load_lora_dropout": "persist",
-    "LoraDropoutTrainer": "trainer",
-    "load_alpaca": "instruct",
-    "score_choices": "instruct",
+    "apply_lora_dropout": "method.apply",
+    "get_lora_dropout": "method.apply",
+    "LoraDropout": "method.apply",
+    "MaskSet": "method.apply",
+    "n_instance_loss": "method.objective",
+    "n_instance_backward": "method.objective",
+    "looped_n_instance_loss": "method.objective",
+    "predict": "method.ensemble",
+    "Prediction": "method.ensemble",
+    "save_lora_dropout": "method.persist",
+    "load_lora_dropout": "method.persist",
+    "LoraDropoutTrainer": "method.trainer",
+    "load_alpaca": "tasks.instruction",
+    "score_choices": "tasks.instruction",
 }
 
 

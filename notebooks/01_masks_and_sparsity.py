@@ -27,9 +27,9 @@ from peft import LoraConfig, get_peft_model
 from analysis import plots, tables
 from analysis.inspect import branch_input_zeros, token_constant_fraction
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout
-from lora_dropout.data import load_rotten_tomatoes
-from lora_dropout.models import load_classifier, load_tokenizer
-from lora_dropout.sparsity import module_sparsity
+from lora_dropout.runs.models import load_classifier, load_tokenizer
+from lora_dropout.runs.sparsity import module_sparsity
+from lora_dropout.tasks.data import load_rotten_tomatoes
 
 model_name = scales.profile_for(scale).spec.base.train.model  # None = the embedded MiniLM
 tokenizer = load_tokenizer(model_name)

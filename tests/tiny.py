@@ -13,7 +13,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from lora_dropout.instruct import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, SENTIMENT_INSTRUCTION, Instruction
+from lora_dropout.tasks.instruction import (
+    PROMPT_NO_INPUT,
+    PROMPT_WITH_INPUT,
+    SENTIMENT_INSTRUCTION,
+    Instruction,
+)
 
 VOCAB = 50
 
@@ -76,7 +81,7 @@ def tiny_batch(batch_size: int = 5, seq_len: int = 7, num_labels: int = 3, seed:
 
 def save_tiny_classifier(path, num_labels: int = 2, seed: int = 0):
     """A tiny random BERT saved with the embedded MiniLM tokenizer: a local model for CLI tests."""
-    from lora_dropout.models import load_tokenizer
+    from lora_dropout.runs.models import load_tokenizer
 
     tokenizer = load_tokenizer(None)
     torch.manual_seed(seed)

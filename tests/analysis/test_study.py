@@ -13,7 +13,7 @@ from analysis.collect import collect
 from analysis.reproduce import QUICK_POSTERIOR_STD_GRID, make_profile, profile_with, reproduce
 from analysis.study import StudySpec, point_status, run_study
 from bounds.runlog import read_meta
-from lora_dropout.runconfig import RunConfig
+from lora_dropout.runs.config import RunConfig
 from tests.tiny import save_tiny_classifier, write_tiny_csv
 
 

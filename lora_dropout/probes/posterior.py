@@ -1,0 +1,539 @@
+"""Posterior sampling for the PAC-Bayes dropout certificate (theory.md section 6; the toolkit's own).
+
+The posterior ``Q`` of theory.md section 6 is LoRA Dropout plus Gaussian noise: a member draws masks
+(columns of ``A``, rows of ``B``, each kept with probability ``1 - p``) and ``eps ~ N(0, sigma^2 I)``
+on every trained parameter ``theta`` (``A`` and ``B`` of every adapted module and the trained head,
+peft's ``modules_to_save`` copies), and predicts with ``theta + eps`` under those masks:
+
+    z_Q(x) = f(x; W0 + diag(m_B) (B + eps_B) (A + eps_A) diag(m_A) * scaling, head + eps_head)
+
+The Monte Carlo estimate of the Gibbs risk needs ``k`` draws per example whose ``n_b k`` losses are
+independent given the data, so every example gets its own masks AND its own ``eps`` in each draw.
+`posterior_logits` runs all of them in one forward pass over the batch tiled ``k`` times, without
+copying the model: each row ``d * B + b`` (draw ``d``, example ``b``) carries its own factors through
+a batched matmul in the LoRA branch (forward hooks add ``h @ eps_A[row]^T`` to ``A h`` and
+``u @ eps_B[row]^T`` to ``B u``), and its own head through ``vmap`` of ``functional_call``.
+
+Everything is counter-based, like the masks (`lora_dropout.method.masks`): the noise of an entry is a pure
+function of ``(seed, "posterior", sample_id, draw, parameter name, entry)`` (a hash turned into a
+normal by Box-Muller), and the masks are the evaluation-stream masks keyed by ``(sample_id, draw)``.
+A draw therefore does not depend on the batch it is computed in (composition, order, size), on how the
+draws are chunked, or on the device; at ``posterior_std = 0`` draw ``d`` of an example is exactly
+member ``d`` of its test-time ensemble (`lora_dropout.method.ensemble.predict`).
+
+`factor_and_head_sq_dist` returns the two squared distances that enter ``KL(Q || P)``
+(`bounds.pacbayes.dropout_kl`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from ..method import peft_seam
+from ..method.apply import LoraDropout, MaskSet, get_lora_dropout
+from ..method.losses import logits_of
+from ..method.masks import EVAL_STREAM, combine, hash32, row_hashes, sample_keep, split_sites
+from ..method.objective import KEY_FIELD, instance_chunks, tile, unwrap
+
+#: Stream tag of the posterior noise (the masks stay on the evaluation stream, `EVAL_STREAM`).
+POSTERIOR_STREAM = 0x9057E1
+_M32 = 0xFFFFFFFF
+
+
+# -- counter-based Gaussian noise ---------------------------------------------------------------------
+
+
+def _name_hash(name: str) -> int:
+    """A stable 63-bit integer for a parameter name (independent of Python's per-process hash seed)."""
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def standard_normal(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Counter-based standard normals: entry ``(i, j)`` is a pure function of ``(rows[i], j)``.
+
+    Box-Muller on hashed uniforms: entries ``2q`` and ``2q + 1`` are ``R cos(theta)`` and
+    ``R sin(theta)`` of pair ``q``, with ``R = sqrt(-2 ln u1)`` from a 53-bit uniform ``u1`` in
+    ``(0, 1]`` (two 32-bit hashes) and ``theta = 2 pi u2`` from a 32-bit uniform. Entries of one row
+    do not depend on ``n`` (the first ``n`` entries of a longer row are the same numbers).
+
+    Parameters
+    ----------
+    rows : Tensor, int64, shape ``(R,)``
+        One hash per row (e.g. per (example, draw, parameter)).
+    n : int
+        Entries per row.
+
+    Returns
+    -------
+    Tensor, float64, shape ``(R, n)``
+    """
+    pairs = (n + 1) // 2
+    idx = torch.arange(3 * pairs, dtype=torch.int64, device=rows.device)
+    entry = hash32(hash32(idx) + 0x165667B1)  # (3 P,)
+    salt = hash32(rows ^ 0x3C6EF372)  # (R,)
+    h = hash32(hash32(rows[:, None] ^ entry[None, :]) + salt[:, None]).view(-1, pairs, 3)  # (R, P, 3)
+    bits53 = (h[..., 0] << 21) | (h[..., 1] >> 11)  # < 2^53: exact in float64
+    u1 = (bits53.to(torch.float64) + 0.5) * 2.0**-53  # (0, 1]
+    theta = h[..., 2].to(torch.float64) * (2.0 * math.pi * 2.0**-32)  # [0, 2 pi)
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    z = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta)], dim=-1)  # (R, P, 2)
+    return z.reshape(rows.shape[0], 2 * pairs)[:, :n]
+
+
+def _noise_rows(seed: int, name: str, keys: torch.Tensor, draw_ids: torch.Tensor) -> torch.Tensor:
+    """Row hashes of ``(seed, POSTERIOR_STREAM, name, sample_id, draw)``, draw-major: ``(D * B,)``."""
+    b = keys.shape[0]
+    row_keys = keys.repeat(draw_ids.shape[0])
+    draws = draw_ids.repeat_interleave(b)
+    h = hash32(torch.full_like(row_keys, seed & _M32) ^ 0x2545F491)
+    h = combine(h, seed)
+    h = combine(h, POSTERIOR_STREAM)
+    h = combine(h, _name_hash(name))
+    h = combine(h, row_keys)
+    return combine(h, draws)
+
+
+def posterior_noise(
+    name: str,
+    shape: Sequence[int] | torch.Size,
+    *,
+    keys: torch.Tensor | Sequence[int],
+    draws: int,
+    posterior_std: float,
+    seed: int,
+    first_draw: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The Gaussian part ``eps`` of posterior draws (theory.md section 6), for one parameter.
+
+    ``eps[d, b]`` is ``posterior_std`` times standard normals that depend only on
+    ``(seed, "posterior", keys[b], first_draw + d, name)``: never on the other keys, their order or
+    their number.
+
+    Parameters
+    ----------
+    name : str
+        The parameter's qualified name in the model LoRA Dropout was applied to
+        (``model.named_parameters()``), e.g. ``"...query.lora_A.default.weight"``.
+    shape : sequence of int
+        The parameter's shape.
+    keys : int tensor or sequence, shape ``(B,)``
+        The examples' ``sample_id``.
+    draws : int
+        ``k``: draws ``first_draw .. first_draw + k - 1``.
+    posterior_std : float
+        ``sigma >= 0``.
+    seed : int
+        Root of the noise stream.
+    first_draw : int
+        Index of the first draw.
+    dtype, device
+        Of the result (the normals are computed in float64 on ``device``).
+
+    Returns
+    -------
+    Tensor, shape ``(draws, B, *shape)``
+    """
+    sigma = _check_std(posterior_std)
+    _check_count("draws", draws)
+    keys = torch.as_tensor(keys, dtype=torch.int64, device=device).reshape(-1)
+    draw_ids = torch.arange(first_draw, first_draw + draws, dtype=torch.int64, device=keys.device)
+    shape = tuple(shape)
+    numel = math.prod(shape)
+    z = standard_normal(_noise_rows(seed, name, keys, draw_ids), numel)  # (D * B, numel)
+    return (z * sigma).to(dtype).view(draws, keys.shape[0], *shape)
+
+
+# -- which parameters are perturbed ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One module whose forward gets per-row parameters: a LoRA factor or a trained head."""
+
+    role: str  # "lora_A", "lora_B" or "head"
+    module: torch.nn.Module
+    params: dict[str, tuple[str, torch.nn.Parameter]]  # qualified name -> (name within module, parameter)
+
+
+def _targets(handle: LoraDropout) -> list[_Target]:
+    targets: list[_Target] = []
+    for site in handle.sites:
+        lora_a, lora_b = peft_seam.factor_modules(site)  # raises for AdaLoRA and lora_bias
+        if not peft_seam.site_is_active(site):
+            continue
+        (name_a, param_a), (name_b, param_b) = site.trainable_factors()
+        targets.append(_Target("lora_A", lora_a, {name_a: ("weight", param_a)}))
+        targets.append(_Target("lora_B", lora_b, {name_b: ("weight", param_b)}))
+    for head_name, head in peft_seam.trained_heads(handle.model):
+        params = {f"{head_name}.{local}": (local, p) for local, p in head.named_parameters()}
+        targets.append(_Target("head", head, params))
+    covered = {id(p) for t in targets for _, p in t.params.values()}
+    stray = [n for n, p in handle.model.named_parameters() if p.requires_grad and id(p) not in covered]
+    if stray:
+        raise ValueError(
+            "the posterior of theory.md section 6 perturbs the LoRA factors and the modules_to_save heads; these "
+            f"trainable parameters are neither (freeze them or train them as modules_to_save): {stray}"
+        )
+    return targets
+
+
+def posterior_parameters(
+    model: torch.nn.Module,
+) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
+    """``theta`` of theory.md section 6: ``(factors, head)``, each ``{qualified name: parameter}``.
+
+    ``factors`` holds ``A`` and ``B`` of every active LoRA adapter of every adapted module; ``head``
+    the parameters of peft's ``modules_to_save`` copies in use (empty when no head is trained).
+    Names are those of ``model.named_parameters()`` of the model LoRA Dropout was applied to.
+
+    Raises
+    ------
+    ValueError
+        For AdaLoRA or ``lora_bias`` adapters, and when a trainable parameter is neither a LoRA
+        factor nor part of a ``modules_to_save`` head.
+    """
+    factors: dict[str, torch.nn.Parameter] = {}
+    head: dict[str, torch.nn.Parameter] = {}
+    for target in _targets(get_lora_dropout(unwrap(model))):
+        into = head if target.role == "head" else factors
+        into.update({name: p for name, (_, p) in target.params.items()})
+    return factors, head
+
+
+# -- masks ---------------------------------------------------------------------------------------------------
+
+
+def posterior_masks(
+    handle: LoraDropout,
+    keys: torch.Tensor,
+    *,
+    draws: int,
+    first_draw: int = 0,
+    dtype: torch.dtype | None = None,
+) -> MaskSet:
+    """The masks of posterior draws: per example and draw, whatever ``mask_scope`` training used.
+
+    The evaluation-stream masks of ``handle`` keyed by ``(seed, sample_id, draw)`` (time coordinate 0),
+    i.e. exactly ``handle.sample(B, n_instances=draws, first_instance=first_draw, keys=keys,
+    train=False)`` of an ``example``-scope configuration: draw ``d`` of example ``b`` uses the masks of
+    member ``d`` of its test-time ensemble. Rows are draw-major (``d * B + b``).
+    """
+    cfg = handle.config
+    b = keys.shape[0]
+    draw_ids = torch.arange(first_draw, first_draw + draws, dtype=torch.int64, device=keys.device)
+    h = row_hashes(
+        seed=cfg.seed,
+        stream=EVAL_STREAM,
+        step=0,
+        keys=keys.repeat(draws),
+        instances=draw_ids.repeat_interleave(b),
+    )
+    keep = sample_keep(handle.layout.feature_hash(keys.device), h, cfg.dropout_rate)
+    values = keep.to(dtype or handle.sites[0].factors()[0].dtype) * cfg.mask_value
+    return MaskSet(split_sites(values, handle.layout), rows=draws * b, n_instances=draws)
+
+
+# -- per-row parameters in the forward pass ---------------------------------------------------------------
+
+
+def _factor_hook(eps: torch.Tensor, where: str):
+    """Forward hook turning ``W u`` into ``(W + eps[row]) u`` for a bias-free linear layer."""
+
+    def hook(module, args, output):
+        u = args[0]
+        rows = eps.shape[0]
+        if u.shape[0] != rows:
+            raise RuntimeError(
+                f"posterior noise for {where} was drawn for {rows} rows but the input has {u.shape[0]}"
+            )
+        flat = u.reshape(rows, -1, u.shape[-1])  # (rows, L, in)
+        return output + torch.matmul(flat, eps.transpose(1, 2)).reshape(output.shape)  # + u @ eps^T
+
+    return hook
+
+
+def _head_hook(eps: dict[str, torch.Tensor], where: str):
+    """Forward hook recomputing a head with its own parameters per row: ``vmap`` of ``functional_call``."""
+    inside = [False]
+
+    def hook(module, args, kwargs, output):
+        if inside[0]:  # the call made by functional_call below
+            return None
+        rows = next(iter(eps.values())).shape[0]
+        if (
+            kwargs
+            or not args
+            or any(not torch.is_tensor(a) or a.dim() == 0 or a.shape[0] != rows for a in args)
+        ):
+            raise RuntimeError(
+                f"posterior head {where}: expected positional tensor inputs with {rows} rows, got "
+                f"{[tuple(a.shape) if torch.is_tensor(a) else type(a).__name__ for a in args]} and kwargs {sorted(kwargs)}"
+            )
+        params = {local: p + eps[local] for local, p in module.named_parameters()}  # (rows, *shape) each
+
+        def one(row_params, *row_args):
+            out = torch.func.functional_call(module, row_params, tuple(a.unsqueeze(0) for a in row_args))
+            return out.squeeze(0)
+
+        inside[0] = True
+        try:
+            return torch.func.vmap(one)(params, *args)
+        finally:
+            inside[0] = False
+
+    return hook
+
+
+@contextlib.contextmanager
+def posterior_sampling(
+    model: torch.nn.Module,
+    keys: torch.Tensor | Sequence[int],
+    *,
+    posterior_std: float,
+    draws: int,
+    first_draw: int = 0,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """Inside the block, a forward pass over the batch tiled ``draws`` times runs posterior draws.
+
+    Row ``d * B + b`` of the tiled batch (`lora_dropout.method.objective.tile`) is the member of ``Q``
+    (theory.md section 6) of example ``keys[b]`` under draw ``first_draw + d``: LoRA Dropout masks
+    from `posterior_masks` and factors and head ``theta + eps`` with ``eps`` from `posterior_noise`.
+    The model is in ``eval()`` mode inside the block (restored on exit), so nothing else is random;
+    gradients are not disabled.
+
+    Parameters
+    ----------
+    model : peft model with LoRA Dropout applied (`apply_lora_dropout`)
+    keys : int tensor or sequence, shape ``(B,)``
+        The examples' ``sample_id``: what the draws are keyed by.
+    posterior_std : float
+        ``sigma >= 0``; 0 gives the LoRA Dropout members themselves.
+    draws : int
+        Draws per example in this pass.
+    first_draw : int
+        Index of the first draw (draws ``first_draw .. first_draw + draws - 1``).
+    seed : int, optional
+        Root of the noise stream; default the LoRA Dropout config's seed.
+
+    Yields
+    ------
+    int
+        The number of rows the forward pass must have, ``draws * B``.
+
+    Raises
+    ------
+    ValueError
+        For AdaLoRA or ``lora_bias`` adapters, stray trainable parameters, or a bad argument.
+    """
+    inner = unwrap(model)
+    handle = get_lora_dropout(inner)
+    sigma = _check_std(posterior_std)
+    _check_count("draws", draws)
+    if isinstance(first_draw, bool) or not isinstance(first_draw, int) or first_draw < 0:
+        raise ValueError(f"first_draw={first_draw!r} must be a non-negative integer")
+    seed = handle.config.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer")
+    targets = _targets(handle)
+    reference = handle.sites[0].factors()[0]
+    keys = torch.as_tensor(keys, dtype=torch.int64, device=reference.device).reshape(-1)
+    rows = draws * keys.shape[0]
+
+    def noise(name: str, param: torch.Tensor) -> torch.Tensor:
+        eps = posterior_noise(
+            name,
+            param.shape,
+            keys=keys,
+            draws=draws,
+            first_draw=first_draw,
+            posterior_std=sigma,
+            seed=seed,
+            dtype=param.dtype,
+            device=param.device,
+        )
+        return eps.reshape(rows, *param.shape)  # draw-major rows d * B + b
+
+    hooks = []
+    was_training = inner.training
+    try:
+        for target in targets:
+            if target.role == "head":
+                eps = {local: noise(name, p) for name, (local, p) in target.params.items()}
+                hook = _head_hook(eps, next(iter(target.params)))
+                hooks.append(target.module.register_forward_hook(hook, with_kwargs=True))
+            else:
+                ((name, (_, p)),) = target.params.items()
+                hooks.append(target.module.register_forward_hook(_factor_hook(noise(name, p), name)))
+        inner.eval()
+        with handle.use(
+            posterior_masks(handle, keys, draws=draws, first_draw=first_draw, dtype=reference.dtype)
+        ):
+            yield rows
+    finally:
+        for hook in hooks:
+            hook.remove()
+        inner.train(was_training)
+
+
+@torch.no_grad()
+def posterior_logits(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    *,
+    posterior_std: float,
+    draws: int,
+    seed: int | None = None,
+    first_draw: int = 0,
+    max_draws_per_forward: int | None = None,
+    labels_key: str = "labels",
+) -> torch.Tensor:
+    """Logits of ``draws`` posterior members per example (theory.md section 6, Monte Carlo step).
+
+    Every example gets, in every draw, its own LoRA Dropout masks and its own Gaussian perturbation
+    ``eps ~ N(0, posterior_std^2 I)`` of every LoRA factor and of the trained head, keyed by
+    ``(seed, sample_id, draw)``: the ``n_b k`` member losses are independent given the data, and a
+    draw does not depend on the batch it is computed in.
+
+    Parameters
+    ----------
+    model : peft model with LoRA Dropout applied (`apply_lora_dropout`)
+    batch : mapping
+        Model inputs and ``sample_id`` (required: the draws are keyed by it); ``labels`` is ignored.
+    posterior_std : float
+        ``sigma >= 0``. At 0 the result is the test-time ensemble's member logits
+        (`lora_dropout.method.ensemble.predict` with ``n_instances = draws``, up to rounding).
+    draws : int
+        ``k``, draws per example.
+    seed : int, optional
+        Root of the noise stream; default the LoRA Dropout config's seed (the masks always come from
+        the config's seed, evaluation stream).
+    first_draw : int
+        Index of the first draw, to extend an estimate with draws ``first_draw ..``.
+    max_draws_per_forward : int, optional
+        Largest number of draws tiled into one forward pass (memory); default
+        ``config.max_instances_per_forward`` (None: all in one). Never changes the result.
+
+    Returns
+    -------
+    Tensor, shape ``(draws, B, C)`` (``(draws, B, T, V)`` for a causal LM)
+    """
+    inner = unwrap(model)
+    handle = get_lora_dropout(inner)
+    if KEY_FIELD not in batch:
+        raise ValueError(
+            f"posterior draws are keyed by the examples' {KEY_FIELD!r} (so they do not depend on the batch); "
+            f"the batch has only {sorted(batch)}"
+        )
+    _check_count("draws", draws)
+    keys = torch.as_tensor(batch[KEY_FIELD]).reshape(-1)
+    inputs = {k: v for k, v in batch.items() if k not in (labels_key, KEY_FIELD)}
+    b = keys.shape[0]
+    cap = max_draws_per_forward or handle.config.max_instances_per_forward
+    chunks = []
+    for start, count in instance_chunks(draws, cap):
+        with posterior_sampling(
+            model, keys, posterior_std=posterior_std, draws=count, first_draw=first_draw + start, seed=seed
+        ):
+            logits = logits_of(model(**tile(inputs, count, b)))
+        chunks.append(logits.reshape(count, b, *logits.shape[1:]))
+    return torch.cat(chunks, dim=0)
+
+
+# -- the distances in KL(Q || P) -------------------------------------------------------------------------
+
+
+class SqDist(NamedTuple):
+    """The squared distances of theory.md section 6's ``KL(Q || P)``.
+
+    Attributes
+    ----------
+    factor : float
+        ``||A - A_P||^2 + ||B - B_P||^2`` summed over the adapted modules.
+    head : float
+        ``||head - head_P||^2`` (0 when no head is trained).
+    """
+
+    factor: float
+    head: float
+
+
+@torch.no_grad()
+def factor_and_head_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> SqDist:
+    """``(||A - A_P||^2 + ||B - B_P||^2, ||head - head_P||^2)`` for ``KL(Q || P)`` (theory.md section 6).
+
+    Pass the result to `bounds.pacbayes.dropout_kl` as ``factor_sq_dist`` and ``head_sq_dist``.
+
+    Parameters
+    ----------
+    model : peft model with LoRA Dropout applied
+        Its current parameters are the posterior mean ``theta``.
+    prior_state : mapping of name to tensor
+        The prior mean ``theta_P``, keyed as in the peft model's ``state_dict()``
+        (``...lora_A.default.weight``, ``classifier.modules_to_save.default.weight``) or as in peft's
+        adapter file (``get_peft_model_state_dict``: ``...lora_A.weight``, ``classifier.weight``).
+        Other entries are ignored.
+
+    Returns
+    -------
+    SqDist
+        Sums of squares, accumulated in float64.
+
+    Raises
+    ------
+    KeyError
+        If a factor or head parameter has no entry in ``prior_state`` (the message lists them).
+    ValueError
+        If an entry's shape differs from the parameter's.
+    """
+    inner = unwrap(model)
+    handle = get_lora_dropout(inner)
+    factors, head = posterior_parameters(inner)
+    file_names = peft_seam.adapter_file_names(handle.model)
+    missing = [n for n in (*factors, *head) if n not in prior_state and file_names.get(n) not in prior_state]
+    if missing:
+        raise KeyError(
+            f"prior_state has no entry for {missing} (under either name form); it has {sorted(prior_state)[:8]}..."
+        )
+
+    def sq(params: dict[str, torch.nn.Parameter]) -> float:
+        total = 0.0
+        for name, p in params.items():
+            prior = prior_state[name] if name in prior_state else prior_state[file_names[name]]
+            if tuple(prior.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"prior_state[{name!r}] has shape {tuple(prior.shape)}, the parameter {tuple(p.shape)}"
+                )
+            diff = p.detach().to(torch.float64) - prior.detach().to(device=p.device, dtype=torch.float64)
+            total += float((diff * diff).sum())
+        return total
+
+    return SqDist(factor=sq(factors), head=sq(head))
+
+
+# -- argument checks ---------------------------------------------------------------------------------------
+
+
+def _check_std(posterior_std: float) -> float:
+    if (
+        isinstance(posterior_std, bool)
+        or not isinstance(posterior_std, (int, float))
+        or not (math.isfinite(posterior_std) and posterior_std >= 0)
+    ):
+        raise ValueError(f"posterior_std={posterior_std!r} must be a finite number >= 0")
+    return float(posterior_std)
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")

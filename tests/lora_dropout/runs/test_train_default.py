@@ -1,0 +1,23 @@
+"""Training on the embedded default (real MiniLM, real Rotten Tomatoes) learns something real."""
+
+import pytest
+
+from bounds.runlog import validate_run
+from lora_dropout.runs.run import train_run
+from lora_dropout.runs.config import RunConfig
+
+
+@pytest.mark.slow
+def test_a_short_run_on_the_default_beats_the_majority_class(tmp_path):
+    config = RunConfig().replace(
+        train={"n_train": 1000, "n_test": 400, "epochs": 1, "lr": 2e-3, "eval_train_size": 100,
+               "eval_at_start": False},
+        lora_dropout={"dropout_rate": 0.1, "n_instances": 1, "n_eval_instances": 2},
+    )
+    result = train_run(config, tmp_path, run_id="default", progress=False)
+    run = validate_run(result.run_dir)
+    test = run.steps[(run.steps.split == "test") & (run.steps.step == run.steps.step.max())]
+    majority = max(run.meta["data"]["label_fractions"]["test"].values())
+    accuracy = test.set_index("predictor")["accuracy"]
+    assert accuracy["ensemble"] > majority + 0.08, (accuracy.to_dict(), majority)
+    assert accuracy["deterministic"] > majority + 0.08
