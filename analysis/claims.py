@@ -2,151 +2,41 @@
 claims about the toolkit's own PAC-Bayes dropout certificate (section 6): that it is non-vacuous, and
 that the p it selects is the p of the smallest test error.
 
-Each check returns a `Claim` with a `Verdict`:
-
-- ``held`` / ``did not hold``: decided by the evidence. A comparative claim (one configuration
-  against another, e.g. LoRA Dropout against LoRA) is decided only when the paired 95% t-interval
-  over seeds of the difference excludes 0; the sign of the difference then decides.
-- ``inconclusive``: measured, but the evidence cannot decide: one seed (no interval), a paired
-  interval that contains 0, or a bound that is vacuous everywhere (it bounds nothing).
-- ``not evaluable``: the study does not measure it (no such runs or probes).
-
-Nothing is tuned to pass: the rule is the same for every claim and is printed in the report
-(`VERDICT_RULE`).
+Each check returns a `Claim` with a `Verdict`, decided by the rule of `analysis.verdicts`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bounds.pacbayes import VACUOUS_TOL, is_vacuous
+from bounds.formulas import VACUOUS_TOL, is_vacuous
 
 from .collect import Collection
-from .figures import Focus
-from .tables import quantity
-
-#: The decision rule, as the report prints it.
-VERDICT_RULE = (
-    "A comparative claim is decided only when the paired 95% t-interval over seeds of the difference "
-    "excludes 0 (then its sign decides); with one seed, or an interval that contains 0, it is inconclusive. "
-    "A claim about a single measurement per run (a theorem's inequality, a premise) is decided by that "
-    "measurement; a bound that is vacuous on every run bounds nothing and is inconclusive. "
-    "Not evaluable: the study does not measure it.")
-
-
-class Verdict(str, Enum):
-    HELD = "held"
-    NOT_HELD = "did not hold"
-    INCONCLUSIVE = "inconclusive"
-    NOT_EVALUABLE = "not evaluable"
-
-
-@dataclass(frozen=True)
-class Claim:
-    name: str
-    statement: str
-    verdict: Verdict
-    evidence: str
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Mean of paired differences over seeds with its 95% t-interval (``low``/``high`` NaN for one seed)."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def sign(self) -> int:
-        """+1 / -1 when the interval excludes 0 on that side, 0 when it cannot decide (one seed, 0 inside)."""
-        if self.n < 2 or not (self.low > 0 or self.high < 0):
-            return 0
-        return 1 if self.low > 0 else -1
-
-    def text(self) -> str:
-        if self.n == 0:
-            return "no common seeds"
-        if self.n == 1:
-            return f"difference {self.mean:+.4f} (one seed: no interval)"
-        side = "excludes 0" if self.sign() else "includes 0"
-        return f"paired difference {self.mean:+.4f}, 95% interval [{self.low:+.4f}, {self.high:+.4f}] ({side}, {self.n} seeds)"
-
-
-def t_interval(values) -> tuple[float, float, float]:
-    """Mean and two-sided 95% t-interval of ``values`` (scipy's one-sample t; NaN bounds for one value)."""
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return (float(v.mean()) if v.size else math.nan), math.nan, math.nan
-    if np.ptp(v) <= 8 * np.finfo(float).eps * max(1.0, float(np.abs(v).max())):
-        # no spread beyond rounding: the interval is the point (scipy returns NaN or warns here)
-        return float(v.mean()), float(v.mean()), float(v.mean())
-    ci = stats.ttest_1samp(v, 0.0).confidence_interval(0.95)
-    return float(v.mean()), float(ci.low), float(ci.high)
-
-
-def paired(a: pd.Series, b: pd.Series) -> Paired:
-    """Paired difference ``a - b`` over the seeds both have (series indexed by seed)."""
-    common = a.index.intersection(b.index)
-    mean, low, high = t_interval((a[common] - b[common]).to_numpy())
-    return Paired(mean, low, high, len(common))
-
-
-def _decide(diff: Paired, want: int) -> Verdict:
-    """Verdict of a claim that the difference has sign ``want`` (+1 or -1)."""
-    s = diff.sign()
-    if s == 0:
-        return Verdict.INCONCLUSIVE
-    return Verdict.HELD if s == want else Verdict.NOT_HELD
-
-
-def _values(summary: pd.DataFrame, name: str, **where) -> pd.Series:
-    sel = quantity(summary, name)
-    for k, v in where.items():
-        sel = sel[sel[k] == v]
-    return sel.set_index("seed")["value"].sort_index()
-
-
-def _fmt(values: pd.Series) -> str:
-    if values.empty:
-        return "n/a"
-    seeds = ", ".join(str(s) for s in values.index)
-    if len(values) == 1:
-        return f"{values.iloc[0]:.4f} (seed {seeds})"
-    mean, low, high = t_interval(values.to_numpy())
-    return f"{mean:.4f} [{low:.4f}, {high:.4f}] (95% t-interval over seeds {seeds})"
+from .presets import Focus
+from .summary import select, value
+from .verdicts import Claim, Verdict, by_seed, decide, describe, over_seeds, paired, t_interval
 
 
 def _plain(summary: pd.DataFrame, name: str, method: str = "lora") -> pd.Series:
-    return _values(summary, name, method=method, dropout_rate=0.0, n_instances=1)
+    return over_seeds(summary, name, method=method, dropout_rate=0.0, n_instances=1)
 
 
 def beats_plain(summary: pd.DataFrame, focus: Focus, method: str = "lora") -> Claim:
     label = "AdaLoRA" if method == "adalora" else "LoRA"
     name, statement = f"{method}_dropout_beats_{method}", f"{label} + Dropout has higher test accuracy than {label}"
-    ours = _values(summary, "test_accuracy_ensemble", method=method, dropout_rate=focus.dropout_rate,
-                   n_instances=focus.n_instances)
+    ours = over_seeds(summary, "test_accuracy_ensemble", method=method, dropout_rate=focus.dropout_rate,
+                      n_instances=focus.n_instances)
     plain = _plain(summary, "test_accuracy_full", method)
     if ours.empty or plain.empty:
         return Claim(name, statement, Verdict.NOT_EVALUABLE, f"no {label} and {label} Dropout runs in this study")
     diff = paired(ours, plain)
-    return Claim(name, statement, _decide(diff, +1),
-                 f"{label} Dropout p={focus.dropout_rate:g}, N={focus.n_instances} (ensemble): {_fmt(ours)}; "
-                 f"{label}: {_fmt(plain)}; {diff.text()}")
-
-
-def _by_seed(summary: pd.DataFrame, x: str, name: str, **where) -> dict:
-    """``{x value: series over seed}`` of a quantity."""
-    sel = quantity(summary, name)
-    for k, v in where.items():
-        sel = sel[sel[k] == v]
-    return {key: g.set_index("seed")["value"].sort_index() for key, g in sorted(sel.groupby(x))}
+    return Claim(name, statement, decide(diff, +1),
+                 f"{label} Dropout p={focus.dropout_rate:g}, N={focus.n_instances} (ensemble): {describe(ours)}; "
+                 f"{label}: {describe(plain)}; {diff.text()}")
 
 
 def inverted_u_over_p(summary: pd.DataFrame, focus: Focus) -> Claim:
@@ -155,7 +45,7 @@ def inverted_u_over_p(summary: pd.DataFrame, focus: Focus) -> Claim:
     statement = "test accuracy over p is an inverted U (best at an interior p)"
     sel = summary[(summary["method"] == "lora") & ((summary["n_instances"] == focus.n_instances) |
                                                    ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1)))]
-    curves = _by_seed(sel, "dropout_rate", "test_accuracy_ensemble")
+    curves = by_seed(sel, "dropout_rate", "test_accuracy_ensemble")
     ps = list(curves)
     if len(ps) < 3:
         return Claim("inverted_u_over_p", statement, Verdict.NOT_EVALUABLE, f"needs >= 3 values of p, have {ps}")
@@ -173,14 +63,14 @@ def inverted_u_over_p(summary: pd.DataFrame, focus: Focus) -> Claim:
 def rises_with_n(summary: pd.DataFrame, focus: Focus) -> Claim:
     """Decided on the paired difference between the largest and the smallest ``N``."""
     statement = "test accuracy rises with the number of instances N"
-    curves = _by_seed(summary, "n_instances", "test_accuracy_ensemble", method="lora",
-                      dropout_rate=focus.dropout_rate)
+    curves = by_seed(summary, "n_instances", "test_accuracy_ensemble", method="lora",
+                     dropout_rate=focus.dropout_rate)
     ns = list(curves)
     if len(ns) < 2:
         return Claim("rises_with_n", statement, Verdict.NOT_EVALUABLE, f"needs >= 2 values of N, have {ns}")
     diff = paired(curves[ns[-1]], curves[ns[0]])
     pairs = ", ".join(f"N={n}: {v.mean():.4f}" for n, v in curves.items())
-    return Claim("rises_with_n", statement, _decide(diff, +1),
+    return Claim("rises_with_n", statement, decide(diff, +1),
                  f"mean test accuracy (ensemble) at p={focus.dropout_rate:g}: {pairs}; "
                  f"N={ns[-1]} against N={ns[0]}: {diff.text()}")
 
@@ -192,8 +82,8 @@ def ablation_arms(summary: pd.DataFrame, drop_test: pd.DataFrame, focus: Focus) 
     """Test accuracy per seed of the four arms of the paper's Figure 4 (see `tables.ablation`)."""
     dropped = {"method": "lora", "dropout_rate": focus.dropout_rate, "n_instances": focus.n_instances}
     arms = {
-        "Drop": _values(summary, "test_accuracy_ensemble", **dropped),
-        "Drop_train": _values(summary, "test_accuracy_full", **dropped),
+        "Drop": over_seeds(summary, "test_accuracy_ensemble", **dropped),
+        "Drop_train": over_seeds(summary, "test_accuracy_full", **dropped),
         "NoDrop": _plain(summary, "test_accuracy_full"),
         "Drop_test": (drop_test.set_index("seed")["accuracy"].sort_index() if len(drop_test)
                       else pd.Series(dtype=float)),
@@ -219,14 +109,14 @@ def ablation_order(summary: pd.DataFrame, drop_test: pd.DataFrame, focus: Focus)
 
 def lower_ece(summary: pd.DataFrame, focus: Focus) -> Claim:
     statement = "ECE is lower with LoRA Dropout"
-    ours = _values(summary, "test_ece_ensemble", method="lora", dropout_rate=focus.dropout_rate,
-                   n_instances=focus.n_instances)
+    ours = over_seeds(summary, "test_ece_ensemble", method="lora", dropout_rate=focus.dropout_rate,
+                      n_instances=focus.n_instances)
     plain = _plain(summary, "test_ece_deterministic")
     if ours.empty or plain.empty:
         return Claim("lower_ece", statement, Verdict.NOT_EVALUABLE, "no LoRA / LoRA Dropout pair in this study")
     diff = paired(ours, plain)
-    return Claim("lower_ece", statement, _decide(diff, -1),
-                 f"test ECE (15 bins): LoRA Dropout (ensemble) {_fmt(ours)}; LoRA {_fmt(plain)}; {diff.text()}")
+    return Claim("lower_ece", statement, decide(diff, -1),
+                 f"test ECE (15 bins): LoRA Dropout (ensemble) {describe(ours)}; LoRA {describe(plain)}; {diff.text()}")
 
 
 def linear_cost(runs: pd.DataFrame, focus: Focus) -> Claim:
@@ -273,23 +163,23 @@ def jensen_holds(compression: pd.DataFrame) -> Claim:
 
 def bound_vs_measured(summary: pd.DataFrame) -> list[Claim]:
     """Theorem 4.4 on each run with probes: vacuous or not, and whether the measured gap is below it."""
-    vac = quantity(summary, "vacuous:theorem44")
+    vac = select(summary, "vacuous", report="theorem44")
     if vac.empty:
         return [Claim("theorem44", "Thm 4.4 bounds the measured generalisation gap", Verdict.NOT_EVALUABLE,
                       "no run has curvature probes (lora-dropout probe RUN_DIR --curvature)")]
     lines, held, evaluated = [], True, 0
     for run_id, g in summary[summary["run_id"].isin(vac["run_id"])].groupby("run_id"):
-        q = g.set_index("quantity")["value"]
         p = g["dropout_rate"].iloc[0]
-        eig = q.get("hessian_min_eig:delta_w", math.nan)
-        if q["vacuous:theorem44"] > 0:
+        eig = value(g, "hessian_min_eig", space="delta_w", hypothesis="unmasked")
+        measured = value(g, "measured", report="theorem44")
+        bound = value(g, "bound_on_measured", report="theorem44")
+        if value(g, "vacuous", report="theorem44") > 0:
             lines.append(f"p={p:g} ({run_id}): vacuous (Lambda_min = {eig:.3g})")
         else:
-            ok = q["measured:theorem44"] <= q["bound_on_measured:theorem44"]
+            ok = measured <= bound
             held &= bool(ok)
             evaluated += 1
-            lines.append(f"p={p:g} ({run_id}): measured gap {q['measured:theorem44']:.4f} "
-                         f"{'<=' if ok else '>'} bound {q['bound_on_measured:theorem44']:.4f} "
+            lines.append(f"p={p:g} ({run_id}): measured gap {measured:.4f} {'<=' if ok else '>'} bound {bound:.4f} "
                          f"(Lambda_min = {eig:.3g})")
     # a bound that is vacuous everywhere bounds nothing: inconclusive, not "held"
     verdict = (Verdict.INCONCLUSIVE if not evaluated else Verdict.HELD if held else Verdict.NOT_HELD)
@@ -304,10 +194,11 @@ def psd_premise(summary: pd.DataFrame) -> Claim:
     """Lanczos returns Ritz values, Rayleigh quotients of the Hessian, so each is >= Lambda_min: a negative
     one refutes the premise even unconverged, while ``Lambda_min >= 0`` is shown only by converged values."""
     statement = "Prop. 4.2's premise: the Hessian at theta(S) is PSD (Lambda_min >= 0)"
-    eig = quantity(summary, "hessian_min_eig:delta_w").set_index("run_id")["value"]
+    eig = select(summary, "hessian_min_eig", space="delta_w", hypothesis="unmasked").set_index("run_id")["value"]
     if eig.empty:
         return Claim("psd_hessian", statement, Verdict.NOT_EVALUABLE, "no curvature probes")
-    conv = quantity(summary, "hessian_min_eig_converged:delta_w").set_index("run_id")["value"]
+    conv = select(summary, "hessian_min_eig_converged", space="delta_w",
+                  hypothesis="unmasked").set_index("run_id")["value"]
     converged = conv.reindex(eig.index).fillna(0.0) > 0
     if (eig < 0).any():
         verdict = Verdict.NOT_HELD
@@ -323,15 +214,15 @@ def stability_vs_theory(summary: pd.DataFrame) -> Claim:
     """Per run and estimator: held when the upper end of ``beta_hat``'s 95% interval (normal, from its
     standard error) is at most Prop. 4.2's ``beta``; did not hold when its lower end is above it."""
     statement = "measured beta_hat <= Prop. 4.2's beta"
-    rows = summary[summary["quantity"].str.startswith("beta_hat:")]
+    rows = select(summary, "beta_hat")
     if rows.empty:
         return Claim("stability", statement, Verdict.NOT_EVALUABLE,
                      "no stability measurements (lora-dropout probe --stability-k)")
     z = stats.norm.ppf(0.975)
     parts, verdicts = [], []
     for r in rows.itertuples():
-        method = r.quantity.split(":", 1)[1]
-        theory = quantity(summary[summary["run_id"] == r.run_id], f"bound:prop42[{method}]")["value"]
+        method = r.estimator
+        theory = select(summary[summary["run_id"] == r.run_id], "bound", report=r.report)["value"]
         beta = float(theory.iloc[0]) if len(theory) else math.inf
         if not math.isfinite(beta):
             parts.append(f"{r.run_id} {method}: {r.value:.3g} vs vacuous")
@@ -360,24 +251,24 @@ def estimator_disagreement(summary: pd.DataFrame, factor: float = DISAGREEMENT_F
                            ) -> list[tuple[str, tuple[str, str], float]]:
     """Runs whose ``beta_hat`` estimators disagree by more than ``factor`` (largest over smallest).
 
-    Reads the ``beta_hat:<method>`` rows of a collected summary (``run_id, quantity, value``); runs with
+    Reads the ``beta_hat`` rows of a collected summary (``run_id, quantity, estimator, value``); runs with
     fewer than two finite estimates are not compared. A zero estimate against a positive one is an
     infinite ratio. Returns ``(run_id, (method of the largest, method of the smallest), ratio)`` per
     flagged run, in the summary's run order.
 
-    >>> s = pd.DataFrame({"run_id": ["a", "a", "a", "b", "b"], "quantity": ["beta_hat:retrain",
-    ...     "beta_hat:warm_start", "beta_hat:influence", "beta_hat:retrain", "beta_hat:influence"],
+    >>> s = pd.DataFrame({"run_id": ["a", "a", "a", "b", "b"], "quantity": "beta_hat",
+    ...     "estimator": ["retrain", "warm_start", "influence", "retrain", "influence"],
     ...     "value": [0.011, 0.0065, 1.5e-6, 0.01, 0.002]})
     >>> [(run, methods, round(ratio)) for run, methods, ratio in estimator_disagreement(s)]
     [('a', ('retrain', 'influence'), 7333)]
     """
-    rows = summary[summary["quantity"].str.startswith("beta_hat:")]
+    rows = select(summary, "beta_hat")
     rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
     flags = []
     for run_id, group in rows.groupby("run_id", sort=False):
         if len(group) < 2:
             continue
-        values = group.set_index(group["quantity"].str.split(":", n=1).str[1])["value"].astype(float)
+        values = group.set_index("estimator")["value"].astype(float)
         high, low = values.idxmax(), values.idxmin()
         if values[high] <= 0:
             continue  # all zero: they agree
@@ -390,8 +281,8 @@ def estimator_disagreement(summary: pd.DataFrame, factor: float = DISAGREEMENT_F
 def sparsity_matches(summary: pd.DataFrame) -> Claim:
     """Realised against nominal sparsity; 0.02 absolute is the slack allowed for sampling the masks."""
     statement = "realised zero fraction of dW_hat matches 2p - p^2"
-    nominal = quantity(summary, "sparsity_nominal").set_index("run_id")["value"]
-    realised = quantity(summary, "sparsity_realised").set_index("run_id")
+    nominal = select(summary, "sparsity_nominal").set_index("run_id")["value"]
+    realised = select(summary, "sparsity_realised").set_index("run_id")
     if nominal.empty:
         return Claim("sparsity", statement, Verdict.NOT_EVALUABLE, "no modules tables")
     diffs = (realised["value"] - nominal[realised.index]).abs()
@@ -399,9 +290,11 @@ def sparsity_matches(summary: pd.DataFrame) -> Claim:
                  f"largest |realised - nominal| over runs: {diffs.max():.4f}")
 
 
-#: Summary quantities of the PAC-Bayes dropout certificate (`analysis.collect`, bounds.certificate_report).
-CERTIFICATE = "certificate:pacbayes_dropout"
-CERTIFIED_ERROR = "measured:pacbayes_dropout"
+#: The PAC-Bayes dropout certificate's report (bounds.report.certificate); its summary quantities
+#: ``certificate`` and ``measured`` (the measured test Gibbs error) are the claims' evidence.
+CERTIFICATE_REPORT = "pacbayes_dropout"
+
+
 def _p_panel(summary: pd.DataFrame, focus: Focus) -> pd.DataFrame:
     """LoRA runs at ``N = focus.n_instances``, with plain LoRA (p = 0, N = 1) as their p = 0 point."""
     return summary[(summary["method"] == "lora") & ((summary["n_instances"] == focus.n_instances) |
@@ -423,14 +316,16 @@ def certificate_non_vacuous(summary: pd.DataFrame, focus: Focus) -> Claim:
     name, statement = "certificate_non_vacuous", (f"the PAC-Bayes dropout certificate is non-vacuous (< 1) at p="
                                                   f"{focus.dropout_rate:g}, N={focus.n_instances} (toolkit's own)")
     lora = summary[summary["method"] == "lora"]
-    cert = _values(lora, CERTIFICATE, dropout_rate=focus.dropout_rate, n_instances=focus.n_instances)
+    cert = over_seeds(lora, "certificate", CERTIFICATE_REPORT, dropout_rate=focus.dropout_rate,
+                      n_instances=focus.n_instances)
     if cert.empty:
         return Claim(name, statement, Verdict.NOT_EVALUABLE,
                      "no certified run at the focus configuration (PostTraining(certify=True) or lora-dropout certify)")
-    measured = _values(lora, CERTIFIED_ERROR, dropout_rate=focus.dropout_rate, n_instances=focus.n_instances)
+    measured = over_seeds(lora, "measured", CERTIFICATE_REPORT, dropout_rate=focus.dropout_rate,
+                          n_instances=focus.n_instances)
     at_focus = "; ".join(f"seed {s}: certificate {c:.4f}, measured test Gibbs error {measured.get(s, math.nan):.4f}"
                          for s, c in cert.items())
-    others = quantity(lora, CERTIFICATE)
+    others = select(lora, "certificate", report=CERTIFICATE_REPORT)
     others = others[(others["dropout_rate"] != focus.dropout_rate) | (others["n_instances"] != focus.n_instances)]
     elsewhere = ", ".join(f"p={r.dropout_rate:g} N={r.n_instances} seed {r.seed}: {r.value:.4f}"
                           for r in others.itertuples())
@@ -456,8 +351,8 @@ def certificate_selects_p(summary: pd.DataFrame, focus: Focus) -> Claim:
     name = "certificate_selects_p"
     statement = "the p that minimises the PAC-Bayes certificate minimises the test Gibbs error (toolkit's own)"
     panel = _p_panel(summary, focus)
-    certs = _by_seed(panel, "dropout_rate", CERTIFICATE)
-    errors = _by_seed(panel, "dropout_rate", CERTIFIED_ERROR)
+    certs = by_seed(panel, "dropout_rate", "certificate", CERTIFICATE_REPORT)
+    errors = by_seed(panel, "dropout_rate", "measured", CERTIFICATE_REPORT)
     ps = [p for p in certs if p in errors]
     if len(ps) < 2:
         return Claim(name, statement, Verdict.NOT_EVALUABLE, f"needs >= 2 certified values of p, have {ps}")

@@ -11,17 +11,30 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bounds.certificate_report import CERTIFICATE_REPORTS
 from bounds.compression import ensemble_compression
 from bounds.estimators import estimate_risks
-from bounds.report import evaluate_run
-from bounds.runlog import PREDICTORS, RunLog, RunLogError, run_state, validate_run, write_atomic, write_json
+from bounds.report import CERTIFICATE_REPORTS, BoundReport, evaluate_run
+from bounds.runlog import (
+    Predictor,
+    RunLog,
+    RunLogError,
+    RunMeta,
+    StabilityMethod,
+    run_state,
+    validate_run,
+    write_atomic,
+    write_json,
+)
+from bounds.settings import BoundSettings, CertificateSettings
+
+from . import summary
+from .summary import NOT_APPLICABLE
 
 #: Configuration columns attached to every row: (column, section, field).
 CONFIG_COLUMNS = (
@@ -39,7 +52,8 @@ CONFIG_COLUMNS = (
     ("epochs", "train", "epochs"),
 )
 TABLE_NAMES = ("runs", "summary", "curves", "reliability", "compression", "bounds", "modules")
-#: Inputs of the certificate reports added to the summary as ``<quantity>:<report>`` (at the best grid point).
+#: Inputs of the certificate reports added to the summary at the best grid point (report input name -> summary
+#: quantity; the report's name goes into the ``report`` column).
 CERTIFICATE_INPUTS = {"posterior_std": "posterior_std", "kl": "kl", "gibbs_error": "train_gibbs_error",
                       "gibbs_linear": "train_gibbs_linear", "n_bound": "n_bound", "posterior_draws": "posterior_draws"}
 
@@ -49,9 +63,9 @@ class Collection:
     """Tidy tables over runs (every table has ``run_id`` and the `CONFIG_COLUMNS`).
 
     runs : one row per usable run
-    summary : ``quantity, value, stderr`` per run (final metrics, gaps, bounds, beta_hat, probes, sparsity;
-        with certificates.parquet, ``certificate:<report>`` (its value, also when >= 1),
-        ``linear_certificate:pacbayes_dropout_ensemble`` and `CERTIFICATE_INPUTS` at the best posterior_std)
+    summary : `analysis.summary.SUMMARY_COLUMNS` per number of a run (final metrics, gaps, bounds, beta_hat,
+        probes, sparsity; with certificates.parquet, the certificate (its value, also when >= 1), the
+        ensemble's linear certificate and `CERTIFICATE_INPUTS` at the best posterior_std)
     curves : every ``steps.jsonl`` row
     reliability : every ``calibration.parquet`` row
     compression : ``bounds.compression.ensemble_compression`` rows
@@ -80,18 +94,28 @@ class Collection:
         return directory
 
 
-def config_columns(config: dict) -> dict:
-    out = {column: config.get(section, {}).get(name) for column, section, name in CONFIG_COLUMNS}
+def config_columns(meta: RunMeta) -> dict:
+    out = {column: meta.option(section, name, None) for column, section, name in CONFIG_COLUMNS}
+    if out["n_train"] == "auto":  # the default, resolved against the data
+        out["n_train"] = meta.n_train
     if out["n_eval_instances"] is None:  # None means "as many as n_instances" (LoraDropoutConfig.eval_instances)
         out["n_eval_instances"] = out["n_instances"]
     return out
 
 
-def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd.DataFrame | None) -> list[dict]:
+def _estimator(report_name: str) -> str:
+    """The leave-one-out estimator of a Prop. 4.2 report (bounds.report names one ``prop42[<estimator>]`` per
+    estimator), else `NOT_APPLICABLE`."""
+    return next((str(m) for m in StabilityMethod if report_name == f"prop42[{m}]"), NOT_APPLICABLE)
+
+
+def _summary_rows(run: RunLog, reports: list[tuple[str, BoundReport]], probes: pd.DataFrame | None,
+                  modules: pd.DataFrame | None) -> list[dict]:
+    """`analysis.summary` rows of one run; ``reports`` pairs each report with the hypothesis it was evaluated at."""
     rows: list[dict] = []
 
-    def add(quantity: str, value, stderr=math.nan):
-        rows.append({"quantity": quantity, "value": float(value), "stderr": float(stderr)})
+    def add(quantity: str, value, stderr=math.nan, **keys):
+        rows.append(summary.row(quantity, value, stderr, **keys))
 
     steps = run.steps
     final = steps[steps["step"] == steps["step"].max()]
@@ -99,7 +123,7 @@ def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd
         for metric in ("risk", "accuracy", "ece", "nll", "brier"):
             add(f"{r.split}_{metric}_{r.predictor}", getattr(r, metric))
     by = final.set_index(["split", "predictor"])["risk"]
-    for predictor in PREDICTORS:
+    for predictor in Predictor:
         if ("test", predictor) in by and ("train", predictor) in by:
             add(f"gap_{predictor}", by[("test", predictor)] - by[("train", predictor)])
     samples = run.table("samples")
@@ -111,33 +135,36 @@ def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd
         last = samples[(samples["step"] == risks.step) & (samples["predictor"] == "full")]
         for split, rows_ in last.groupby("split"):
             add(f"{split}_accuracy_full", rows_["correct"].mean())
-    for report in reports:
+    for hypothesis, report in reports:
         if not report.evaluable:
             continue
-        add(f"bound:{report.name}", report.value if not report.vacuous else math.inf)
-        add(f"bound_on_measured:{report.name}", report.bound_on_measured if not report.vacuous else math.inf)
-        add(f"measured:{report.name}", report.measured)
-        add(f"vacuous:{report.name}", float(report.vacuous))
+        # the certificate rests on no probe: hypothesis does not apply to it
+        keys = {"report": report.name, "estimator": _estimator(report.name),
+                "hypothesis": NOT_APPLICABLE if report.name in CERTIFICATE_REPORTS else hypothesis}
+        add("bound", report.value if not report.vacuous else math.inf, **keys)
+        add("bound_on_measured", report.bound_on_measured if not report.vacuous else math.inf, **keys)
+        add("measured", report.measured, **keys)
+        add("vacuous", float(report.vacuous), **keys)
         stderr = next((q.stderr for q in report.inputs if q.name == "beta_hat"), math.nan)
         for q in report.diagnostics:  # Thm 4.4: what it would take (lam_needed, n_needed)
             if q.name in ("lam_needed", "n_needed"):
-                add(f"{q.name}:{report.name}", q.value)
-        if report.name.startswith("prop42[") and not report.name.endswith("[expected]"):
-            add(f"beta_hat:{report.name[7:-1]}", report.measured, stderr)
-    for report in reports:  # the PAC-Bayes dropout certificate (theory.md section 6), its value even when >= 1
+                add(q.name, q.value, **keys)
+        if keys["estimator"]:  # Prop. 4.2 per estimator: its measured value is beta_hat
+            add("beta_hat", report.measured, stderr, **keys)
+    for _, report in reports:  # the PAC-Bayes dropout certificate (theory.md section 6), its value even when >= 1
         if report.evaluable and report.name in CERTIFICATE_REPORTS:
-            add(f"certificate:{report.name}", report.value)
+            add("certificate", report.value, report=report.name)
             if report.name == "pacbayes_dropout_ensemble":
-                add(f"linear_certificate:{report.name}", report.bound_on_measured)
+                add("linear_certificate", report.bound_on_measured, report=report.name)
             for q in report.inputs:  # at the grid point of the smallest certificate
                 if q.name in CERTIFICATE_INPUTS:
-                    add(f"{CERTIFICATE_INPUTS[q.name]}:{report.name}", q.value)
+                    add(CERTIFICATE_INPUTS[q.name], q.value, report=report.name)
     if probes is not None:
         for r in probes.itertuples():
-            at = "" if r.hypothesis == "unmasked" else f"[{r.hypothesis}]"  # e.g. hessian_min_eig:delta_w[expected]
-            add(f"{r.quantity}:{r.space}{at}", r.value, r.stderr)
+            keys = {"space": r.space, "hypothesis": r.hypothesis}
+            add(r.quantity, r.value, r.stderr, **keys)
             if r.quantity.startswith("hessian_"):  # Lanczos: whether the Ritz value met its tolerance
-                add(f"{r.quantity}_converged:{r.space}{at}", float(r.converged))
+                add(f"{r.quantity}_converged", float(r.converged), **keys)
     if modules is not None and len(modules):
         add("sparsity_nominal", modules["nominal_sparsity"].iloc[0])
         add("sparsity_realised", modules["dw_zero_fraction"].mean(),
@@ -145,10 +172,10 @@ def _summary_rows(run: RunLog, reports, probes: pd.DataFrame | None, modules: pd
     return rows
 
 
-def _with_config(frame: pd.DataFrame, run_id: str, config: dict) -> pd.DataFrame:
+def _with_config(frame: pd.DataFrame, run_id: str, columns: dict) -> pd.DataFrame:
     frame = frame.copy()
     frame.insert(0, "run_id", run_id)
-    for column, value in config_columns(config).items():
+    for column, value in columns.items():
         frame[column] = value
     return frame
 
@@ -166,31 +193,30 @@ def certified_grid(run_dir: Path) -> list[float] | None:
 
 def _collect_run(run: RunLog, run_dir: Path, state: str, *, delta, lam, loss_range) -> dict[str, pd.DataFrame]:
     """Every table's rows for one run (raises on anything wrong with it; `collect` reports and skips)."""
-    reports = evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range,
-                           posterior_std_grid=certified_grid(run_dir))
+    grid = certified_grid(run_dir)
+    settings = BoundSettings(delta=delta, lam=lam, loss_range=loss_range,
+                             certificate=None if grid is None else CertificateSettings(posterior_std_grid=grid))
+    reports = [("unmasked", r) for r in evaluate_run(run_dir, settings)]
     probes = run.table("probes") if run.has("probes") else None
     if probes is not None and (probes["hypothesis"] == "expected").any():  # theorem44[expected], ...
-        reports += evaluate_run(run_dir, delta=delta, lam=lam, loss_range=loss_range, hypothesis="expected")
+        reports += [("expected", r) for r in evaluate_run(run_dir, replace(settings, hypothesis="expected"))]
     modules = None
     if run.has("modules"):
         m = run.table("modules")
         modules = m[m["step"] == m["step"].max()]
     rows = {
-        "runs": pd.DataFrame([{"state": state, "wall_s": run.meta.get("wall_s")}]),
-        "summary": pd.DataFrame(_summary_rows(run, reports, probes, modules)),
+        "runs": pd.DataFrame([{"state": state, "wall_s": run.meta.wall_s}]),
+        "summary": summary.frame(_summary_rows(run, reports, probes, modules)),
         "curves": run.steps,
-        "compression": ensemble_compression(run_dir, delta=delta, lam=lam, loss_range=loss_range).drop(
-            columns="run_id"),
-        "bounds": pd.concat([r.to_frame().drop(columns="run_id") for r in reports], ignore_index=True),
+        "compression": ensemble_compression(run_dir, settings).drop(columns="run_id"),
+        "bounds": pd.concat([r.to_frame().drop(columns="run_id") for _, r in reports], ignore_index=True),
     }
     if run.has("calibration"):
         rows["reliability"] = run.table("calibration")
     if modules is not None:
         rows["modules"] = modules
-    config = run.config
-    if (config.get("train") or {}).get("n_train") == "auto":  # the default, resolved against the data
-        config = {**config, "train": {**config["train"], "n_train": run.n_train}}
-    return {name: _with_config(frame, run.run_id, config) for name, frame in rows.items()}
+    columns = config_columns(run.meta)
+    return {name: _with_config(frame, run.run_id, columns) for name, frame in rows.items()}
 
 
 def run_directories(study_dir: str | Path) -> list[Path]:
@@ -217,7 +243,7 @@ def collect(runs: str | Path | Iterable[str | Path], *, delta: float = 0.05, lam
             run = validate_run(run_dir, require=("samples",))
             state = run_state(run.meta)
             if require_success and state != "success":
-                raise RunLogError(f"status {state}" + (f": {run.meta.get('error')}" if run.meta.get("error") else ""))
+                raise RunLogError(f"status {state}" + (f": {run.meta.error}" if run.meta.error else ""))
             rows = _collect_run(run, run_dir, state, delta=delta, lam=lam, loss_range=loss_range)
         except Exception as exc:  # one bad run never stops a collection
             skipped.append((str(run_dir), f"{type(exc).__name__}: {exc}"))

@@ -16,9 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bounds.cli import bounds_document
-from bounds.report import evaluate_run
-from bounds.runlog import write_json
+from bounds.report import write_bounds
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "bounds" / "data" / "example_run"
 
@@ -35,9 +33,7 @@ def make_example_run(out: Path = DEFAULT_OUT) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = train_run(config, tmp, run_id="example_run", progress=False).run_dir
         probe_run(run_dir, curvature=True, stability_k=3, probe_examples=32, tol=1e-6, progress=False)
-        reports = evaluate_run(run_dir)
-        write_json(run_dir / "bounds.json", bounds_document(reports, {"delta": 0.05, "lam": 1.0,
-                                                                             "loss_range": None}))
+        write_bounds(run_dir)  # the default BoundSettings
         shutil.rmtree(run_dir / "adapter")
         if out.exists():
             shutil.rmtree(out)

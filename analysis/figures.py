@@ -19,14 +19,7 @@ from bounds.runlog import write_json
 
 from . import plots, tables
 from .collect import Collection
-
-
-@dataclass(frozen=True)
-class Focus:
-    """Which configurations a study's figures single out."""
-
-    dropout_rate: float  # the main LoRA Dropout rate (loss curves, ablation, N panel)
-    n_instances: int  # the main instance count (p panel, loss curves, ablation)
+from .presets import Focus
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,40 @@ stopped: a successful training is never repeated; probes, stability and certific
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from bounds.cli import bounds_document
-from bounds.report import evaluate_run
-from bounds.runlog import TABLES, read_meta, run_state, write_json
+from bounds.report import recorded_certificate, write_bounds
+from bounds.runlog import PRIOR_DIR, TABLES, read_meta, run_state
+from bounds.settings import BoundSettings, CertificateSettings
 
-from .study import Point, PostTraining, certificates_current
+from .spec import Point, PostTraining
 
 
-def certificate_settings(run_dir: Path, post: PostTraining) -> dict | None:
+def certificates_current(run_dir: str | Path, post: PostTraining) -> bool:
+    """Whether ``run_dir/certificates.parquet`` was measured with ``post``'s settings: the same
+    ``posterior_std`` grid, ``posterior_draws`` and prior (``certify_prior``, or the one ``certify_run``
+    would pick: ``trained`` when ``prior/prior.safetensors`` exists, else ``init``). A missing or unreadable
+    table is not current."""
+    path = Path(run_dir) / TABLES["certificates"].filename
+    if not path.is_file():
+        return False
+    try:
+        table = pd.read_parquet(path, columns=["posterior_std", "draws", "prior", "grid_size"])
+    except Exception:  # unreadable: measure again
+        return False
+    prior = post.certify_prior or ("trained" if (Path(run_dir) / PRIOR_DIR / "prior.safetensors").is_file()
+                                   else "init")
+    grid = sorted(post.posterior_std_grid)
+    found = sorted(float(v) for v in table["posterior_std"])
+    return (len(found) == len(grid) and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(found, grid, strict=True))
+            and set(table["grid_size"]) == {len(grid)} and set(table["draws"]) == {post.posterior_draws}
+            and set(table["prior"]) == {prior})
+
+
+def certificate_settings(run_dir: Path, post: PostTraining) -> CertificateSettings | None:
     """What the run's ``certificates.parquet`` was measured with, for bounds.json's ``settings["certificate"]``
     (the grid there is the one the certificate's ``grid_fixed_in_advance`` audit is held against): the
     point's settings when it certifies, else those a ``lora-dropout certify`` recorded in bounds.json;
@@ -31,14 +52,11 @@ def certificate_settings(run_dir: Path, post: PostTraining) -> dict | None:
         table = pd.read_parquet(run_dir / TABLES["certificates"].filename, columns=["prior", "delta", "delta_mc",
                                                                                      "seed"])
         first = table.iloc[0]
-        return {"posterior_std_grid": list(post.posterior_std_grid), "posterior_draws": post.posterior_draws,
-                "delta": float(first["delta"]), "delta_mc": float(first["delta_mc"]), "prior": str(first["prior"]),
-                "seed": int(first["seed"])}
-    try:
-        recorded = json.loads((run_dir / "bounds.json").read_text())["settings"]["certificate"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return recorded if isinstance(recorded, dict) and "posterior_std_grid" in recorded else None
+        return CertificateSettings(posterior_std_grid=tuple(post.posterior_std_grid),
+                                   posterior_draws=post.posterior_draws, delta=float(first["delta"]),
+                                   delta_mc=float(first["delta_mc"]), prior=str(first["prior"]),
+                                   seed=int(first["seed"]))
+    return recorded_certificate(run_dir)
 
 
 def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
@@ -61,11 +79,5 @@ def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
     if post.certify and not certificates_current(run_dir, post):
         certify_run(run_dir, posterior_std_grid=post.posterior_std_grid, posterior_draws=post.posterior_draws,
                     prior=post.certify_prior, progress=progress)
-    settings = {"delta": 0.05, "lam": post.lam, "loss_range": None}
-    certificate = certificate_settings(run_dir, post)
-    if certificate is not None:
-        settings["certificate"] = certificate
-    grid = None if certificate is None else certificate["posterior_std_grid"]
-    reports = evaluate_run(run_dir, delta=0.05, lam=post.lam, posterior_std_grid=grid)
-    write_json(run_dir / "bounds.json", bounds_document(reports, settings))
+    write_bounds(run_dir, BoundSettings(lam=post.lam, certificate=certificate_settings(run_dir, post)))
     return run_dir

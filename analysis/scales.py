@@ -26,7 +26,8 @@ from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
 from lora_dropout.tasks.assets import cache_root
 
 from .collect import Collection, collect
-from .reproduce import Profile, drop_test, make_profile, profile_with
+from .presets import Profile, make_profile, profile_with
+from .reproduce import drop_test
 from .study import run_study
 
 SCALES = ("tiny", "quick", "full")

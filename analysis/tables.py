@@ -11,38 +11,42 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from bounds.formulas import estimate_mean
+
+from .summary import select
 
 
 def _band(values: pd.Series) -> dict[str, float]:
+    """Mean and 95% t-interval (`bounds.formulas.estimate_mean`) of the non-missing values."""
     v = values.dropna().to_numpy(dtype=float)
     k = len(v)
-    mean = float(v.mean()) if k else math.nan
-    half = float(stats.t.ppf(0.975, k - 1) * v.std(ddof=1) / math.sqrt(k)) if k > 1 else 0.0
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": k}
+    if k < 2 or not np.isfinite(v).all():  # one seed: zero width; an infinite value has no interval
+        mean = float(v.mean()) if k else math.nan
+        half = 0.0 if k < 2 else math.nan
+        return {"mean": mean, "low": mean - half, "high": mean + half, "n": k}
+    e = estimate_mean(v)
+    return {"mean": e.value, "low": e.ci_low, "high": e.ci_high, "n": k}
 
 
-def _select(frame: pd.DataFrame, where: Mapping[str, object] | None) -> pd.DataFrame:
+def _where(frame: pd.DataFrame, where: Mapping[str, object] | None) -> pd.DataFrame:
+    """The rows whose (config) columns equal ``where``."""
     for column, value in (where or {}).items():
         frame = frame[frame[column] == value]
     return frame
-
-
-def quantity(summary: pd.DataFrame, name: str) -> pd.DataFrame:
-    return summary[summary["quantity"] == name]
 
 
 def metric_over(summary: pd.DataFrame, x: str, series: Mapping[str, str], *,
                 where: Mapping[str, object] | None = None) -> pd.DataFrame:
     """Seed bands of summary quantities over config column ``x``.
 
-    ``series`` maps a label to a summary quantity (e.g. ``{"ensemble": "test_accuracy_ensemble"}``).
+    ``series`` maps a label to a summary quantity without keys (e.g. ``{"ensemble": "test_accuracy_ensemble"}``).
     Returns ``[x, series, mean, low, high, n]`` for `plots.plot_metric_over`.
     """
     rows = []
-    base = _select(summary, where)
+    base = _where(summary, where)
     for label, name in series.items():
-        for value, g in quantity(base, name).groupby(x):
+        for value, g in select(base, name).groupby(x):
             rows.append({x: value, "series": label, **_band(g["value"])})
     return pd.DataFrame(rows, columns=[x, "series", "mean", "low", "high", "n"])
 
@@ -66,7 +70,7 @@ def loss_curves(curves: pd.DataFrame, *, predictor: str = "ensemble",
     """
     rows = []
     for label, where in where_each.items():
-        sel = _select(curves[curves["predictor"] == predictor], where)
+        sel = _where(curves[curves["predictor"] == predictor], where)
         for (split, step), g in sel.groupby(["split", "step"]):
             rows.append({"series": label, "split": split, "step": step, "risk": float(g["risk"].mean())})
     return pd.DataFrame(rows, columns=["series", "split", "step", "risk"])
@@ -77,7 +81,7 @@ def ece_over_training(curves: pd.DataFrame, *, where_each: Mapping[str, Mapping[
     """ECE of the evaluated predictive over steps per labelled configuration. ``[series, step, ece]``."""
     rows = []
     for label, where in where_each.items():
-        sel = _select(curves[(curves["predictor"] == predictor) & (curves["split"] == split)], where)
+        sel = _where(curves[(curves["predictor"] == predictor) & (curves["split"] == split)], where)
         for step, g in sel.groupby("step"):
             rows.append({"series": label, "step": step, "ece": float(g["ece"].mean())})
     return pd.DataFrame(rows, columns=["series", "step", "ece"])
@@ -91,7 +95,7 @@ def reliability(bins: pd.DataFrame, *, where_each: Mapping[str, Mapping[str, obj
     """
     rows = []
     for label, where in where_each.items():
-        sel = _select(bins[(bins["predictor"] == predictor) & (bins["split"] == split)], where)
+        sel = _where(bins[(bins["predictor"] == predictor) & (bins["split"] == split)], where)
         if sel.empty:
             continue
         last = sel[sel["step"] == sel.groupby("run_id")["step"].transform("max")]
@@ -114,10 +118,10 @@ def ablation(summary: pd.DataFrame, drop_test: pd.DataFrame, *, dropout_rate: fl
     dropped = {"dropout_rate": dropout_rate, "n_instances": n_instances}
     plain = {"dropout_rate": 0.0, "n_instances": 1}
     variants = [
-        ("Drop", quantity(_select(summary, dropped), "test_accuracy_ensemble")["value"]),
-        ("Drop_train", quantity(_select(summary, dropped), "test_accuracy_full")["value"]),
+        ("Drop", select(_where(summary, dropped), "test_accuracy_ensemble")["value"]),
+        ("Drop_train", select(_where(summary, dropped), "test_accuracy_full")["value"]),
         ("Drop_test", drop_test["accuracy"] if len(drop_test) else pd.Series(dtype=float)),
-        ("NoDrop", quantity(_select(summary, plain), "test_accuracy_full")["value"]),
+        ("NoDrop", select(_where(summary, plain), "test_accuracy_full")["value"]),
     ]
     return pd.DataFrame([{"variant": v, **_band(values)} for v, values in variants],
                         columns=["variant", "mean", "low", "high", "n"])
@@ -131,12 +135,12 @@ def bound_vs_p(summary: pd.DataFrame, *, where: Mapping[str, object] | None = No
     ``inf``); otherwise ``bound_gap`` is the mean over seeds. Returns
     ``[p, gap_mean, gap_low, gap_high, bound_gap, vacuous, n]``.
     """
-    base = _select(summary, where)
+    base = _where(summary, where)
     rows = []
     for p, g in base.groupby("dropout_rate"):
-        gap = _band(quantity(g, "gap_full")["value"])
-        vac = quantity(g, f"vacuous:{report}")["value"]
-        bound = quantity(g, f"bound_on_measured:{report}")["value"]
+        gap = _band(select(g, "gap_full")["value"])
+        vac = select(g, "vacuous", report=report)["value"]
+        bound = select(g, "bound_on_measured", report=report)["value"]
         if vac.empty:
             continue  # no probes for this p: nothing to hold the gap against
         vacuous = bool((vac > 0).any())
@@ -153,12 +157,11 @@ def stability(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """
     labels = dict(zip(runs["run_id"], label_runs(runs), strict=True))
     rows = []
-    for r in summary[summary["quantity"].str.startswith("beta_hat:")].itertuples():
-        method = r.quantity.split(":", 1)[1]
-        theory = quantity(summary[summary["run_id"] == r.run_id], f"bound:prop42[{method}]")["value"]
+    for r in select(summary, "beta_hat").itertuples():
+        theory = select(summary[summary["run_id"] == r.run_id], "bound", report=r.report)["value"]
         half = 1.96 * r.stderr if np.isfinite(r.stderr) else 0.0
         rows.append({"label": f"{labels[r.run_id]} (seed {runs.set_index('run_id').loc[r.run_id, 'seed']})",
-                     "method": method, "beta_hat": r.value, "low": max(r.value - half, 0.0),
+                     "method": r.estimator, "beta_hat": r.value, "low": max(r.value - half, 0.0),
                      "high": r.value + half, "beta_theory": float(theory.iloc[0]) if len(theory) else math.inf})
     return pd.DataFrame(rows, columns=["label", "method", "beta_hat", "low", "high", "beta_theory"])
 
@@ -169,7 +172,7 @@ def compression(table: pd.DataFrame, *, where: Mapping[str, object] | None = Non
     The interval is the mean of the per-seed t-intervals' half widths around the mean gap.
     Returns ``[n_test, split, ensemble_risk, member_risk, jensen_gap, gap_low, gap_high]``.
     """
-    sel = _select(table, where)
+    sel = _where(table, where)
     rows = []
     for (n, split), g in sel.groupby(["n_members", "split"]):
         half = float((g["jensen_gap_ci_high"] - g["jensen_gap_ci_low"]).mean() / 2)
@@ -188,9 +191,10 @@ def sparsity(modules: pd.DataFrame) -> pd.DataFrame:
                          "realised": sel["dw_zero_fraction"]})
 
 
-#: Summary quantities of `certificate_over`: the PAC-Bayes dropout certificate (bounds.certificate_report).
-CERTIFICATE_SERIES = {"certificate": "certificate:pacbayes_dropout", "measured": "measured:pacbayes_dropout",
-                      "ensemble": "certificate:pacbayes_dropout_ensemble"}
+#: Summary rows ``(quantity, report)`` of `certificate_over`: the PAC-Bayes dropout certificate
+#: (bounds.report.certificate).
+CERTIFICATE_SERIES = {"certificate": ("certificate", "pacbayes_dropout"), "measured": ("measured", "pacbayes_dropout"),
+                      "ensemble": ("certificate", "pacbayes_dropout_ensemble")}
 
 
 def certificate_over(summary: pd.DataFrame, x: str = "dropout_rate", *,
@@ -209,21 +213,22 @@ def certificate_over(summary: pd.DataFrame, x: str = "dropout_rate", *,
     columns = [x, *(f"{s}{e}" for s in CERTIFICATE_SERIES for e in ("", "_low", "_high")), "paper_bound", "paper",
                "n"]
     rows = []
-    for value, g in _select(summary, where).groupby(x):
-        cert = quantity(g, CERTIFICATE_SERIES["certificate"])
+    for value, g in _where(summary, where).groupby(x):
+        name, report_name = CERTIFICATE_SERIES["certificate"]
+        cert = select(g, name, report=report_name)
         if cert.empty:
             continue  # not certified at this x
         row: dict[str, object] = {x: value}
-        for label, name in CERTIFICATE_SERIES.items():
-            band = _band(quantity(g, name)["value"])
+        for label, (name, report_name) in CERTIFICATE_SERIES.items():
+            band = _band(select(g, name, report=report_name)["value"])
             row.update({label: band["mean"], f"{label}_low": band["low"], f"{label}_high": band["high"]})
-        vac = quantity(g, f"vacuous:{report}")["value"]
+        vac = select(g, "vacuous", report=report)["value"]
         if vac.empty:
             row.update(paper_bound=math.nan, paper="not measured")
         elif (vac > 0).any():
             row.update(paper_bound=math.inf, paper="vacuous")
         else:
-            row.update(paper_bound=float(quantity(g, f"bound:{report}")["value"].mean()), paper="finite")
+            row.update(paper_bound=float(select(g, "bound", report=report)["value"].mean()), paper="finite")
         row["n"] = len(cert)
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)

@@ -34,13 +34,9 @@ import pandas as pd
 import torch
 
 from lora_dropout.probes.curvature import dense_hessian, lanczos_extremes
-from lora_dropout.probes.gradients import (
-    ParamSpace,
-    hessian_hvp,
-    per_sample_grad_norms,
-    per_sample_grad_norms_loop,
-    run_probes,
-)
+from lora_dropout.probes.gradients import hessian_hvp, per_sample_grad_norms, per_sample_grad_norms_loop
+from lora_dropout.probes.measure import run_probes
+from lora_dropout.probes.space import ParamSpace
 from lora_dropout.probes.stability import LoraLooProblem
 from lora_dropout.runs.config import RunConfig
 from lora_dropout.runs.evaluate import calibration_rows, run_split, sample_frame, summary_rows

@@ -3,8 +3,11 @@
 Needs only numpy, scipy, pandas, pyarrow and the standard library; never imports torch. Inputs are
 run directories (`bounds.runlog`) or plain arrays.
 
-Modules: `formulas` (the bounds as vectorised pure functions), `runlog` (the run-directory schema),
-`estimators` (measured inputs from a run), `report` (`evaluate_run` and `BoundReport`),
+Modules: `formulas` (the bounds and the PAC-Bayes certificate as vectorised pure functions), `runlog`
+(the run-directory schema and the typed `RunMeta`),
+`estimators` (measured inputs from a run), `settings` (`BoundSettings`, the options of an
+evaluation), `inputs` (`RunInputs`, a run's measured inputs, derived once), `assumptions` (the premises,
+measured), `report` (`evaluate_run`, `BoundReport`, the PAC-Bayes dropout certificate and ``bounds.json``),
 `compression` (ensemble size versus risk and Jensen gap), `curves` (a bound over one input), `cli`
 (``lora-dropout bounds``).
 
@@ -22,22 +25,29 @@ _EXPORTS = {
         "estimate_mean", "lam_needed", "n_needed",
         "lemma43_bound", "per_sample_jensen_gap", "sparsity", "stability_bound", "theorem44_bound",
         "theorem44_gap", "uniform_stability_bound",
+        # the PAC-Bayes dropout certificate (theory.md section 6)
+        "DropoutKL", "EnsembleCertificate", "GibbsLoss", "PacBayesCertificate", "bernoulli_kl", "certificate",
+        "dropout_kl", "ensemble_transfer", "grid_delta", "kl_inv_upper", "monte_carlo_upper",
+        "pac_bayes_kl_bound", "pac_bayes_kl_rhs",
     ),
-    "runlog": ("SCHEMA_VERSION", "MissingTableError", "RunLog", "RunLogError", "read_run", "validate_run"),
+    "runlog": (
+        "SCHEMA_VERSION", "MissingTableError", "RunLog", "RunLogError", "RunMeta", "read_run", "read_run_meta",
+        "validate_run",
+    ),
     "estimators": (
         "LossRange", "MissingMeasurementError", "Quantity", "Risks", "StabilityEstimate", "choose_loss_range",
         "estimate_lam_eff", "estimate_risks", "estimate_stability", "loss_matrix", "per_sample_diversity",
         "per_sample_jensen_gap_table", "per_sample_perturbation",
     ),
-    "report": ("Assumption", "BoundReport", "evaluate_run"),
+    "settings": ("BoundSettings", "CertificateSettings"),
+    "inputs": ("RunInputs",),
+    "assumptions": ("Assumption",),
+    "report": (
+        "BoundReport", "certificate_reports", "certificate_table", "evaluate_run", "write_bounds",
+        "write_certificate_entries",
+    ),
     "compression": ("ensemble_compression", "subensemble_losses"),
     "curves": ("bound_curve",),
-    "pacbayes": (
-        "DropoutKL", "EnsembleCertificate", "GibbsLoss", "PacBayesCertificate", "bernoulli_kl", "certificate",
-        "dropout_kl", "ensemble_transfer", "grid_delta", "kl_inv_upper", "monte_carlo_upper",
-        "pac_bayes_kl_bound", "pac_bayes_kl_rhs",
-    ),
-    "certificate_report": ("certificate_reports", "certificate_table", "write_certificate_entries"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

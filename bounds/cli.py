@@ -1,7 +1,9 @@
 """``lora-dropout bounds RUN_DIR``: evaluate the paper's bounds on a run and write ``bounds.json``.
 
-`register` adds the subcommand to the toolkit's command line (``analysis.cli``); `main` runs it
-alone (``main(["RUN_DIR", "--delta", "0.1"])``), for tests and scripts.
+The argparse front end only: the arguments become a `bounds.settings.BoundSettings`, the reports come from
+`bounds.report.evaluate_run` and the file from `bounds.report.write_bounds`. `register` adds the
+subcommand to the toolkit's command line (``analysis.cli``); `main` runs it alone
+(``main(["RUN_DIR", "--delta", "0.1"])``), for tests and scripts.
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from .estimators import LIPSCHITZ_QUANTITIES, SPACES
+from .estimators import LIPSCHITZ_QUANTITIES
 from .formulas import Lemma43Form
-from .report import BoundReport, evaluate_run
-from .runlog import BOUND_PREDICTORS, HYPOTHESES, SCHEMA_VERSION, RunLogError, write_json
+from .report import evaluate_run, write_bounds
+from .runlog import BoundPredictor, Hypothesis, RunLogError, Space
+from .settings import BoundSettings, CertificateSettings
 
-__all__ = ["add_arguments", "bounds_document", "main", "register"]
+__all__ = ["add_arguments", "main", "register", "settings_of"]
 
 HELP = "evaluate the paper's bounds on a run, print them, and write RUN_DIR/bounds.json"
 
@@ -40,12 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lipschitz", choices=tuple(LIPSCHITZ_QUANTITIES), default="max",
                         help="Lipschitz estimate: max or 99%% quantile of per-sample gradient norms "
                              "(default: max)")
-    parser.add_argument("--space", choices=SPACES, default="delta_w",
+    parser.add_argument("--space", choices=[s.value for s in Space], default="delta_w",
                         help="parameter space of the probes (default: delta_w)")
-    parser.add_argument("--predictor", choices=BOUND_PREDICTORS, default=None,
+    parser.add_argument("--predictor", choices=[p.value for p in BoundPredictor], default=None,
                         help="predictor whose risks the bounds use (default: the hypothesis's own: full, the "
                              "unmasked model the probes measure, or deterministic at --hypothesis expected)")
-    parser.add_argument("--hypothesis", choices=HYPOTHESES, nargs="+", default=["unmasked"],
+    parser.add_argument("--hypothesis", choices=[h.value for h in Hypothesis], nargs="+", default=["unmasked"],
                         help="the predictor whose probes and risks the bounds use: unmasked (every report) and/or "
                              "expected (every dW times its training mean; prop42[expected] and "
                              "theorem44[expected], from `lora-dropout probe RUN_DIR --curvature --hypothesis "
@@ -68,32 +70,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def bounds_document(reports: list[BoundReport], settings: dict[str, Any]) -> dict[str, Any]:
-    """The content of ``bounds.json``: schema version, run id, the settings, every report's dict."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": reports[0].run_id,
-        "settings": settings,
-        "reports": [r.to_dict() for r in reports],
-    }
+def settings_of(args: argparse.Namespace) -> BoundSettings:
+    """The `BoundSettings` the parsed arguments give (ValueError naming a bad one)."""
+    grid = getattr(args, "posterior_std_grid", None)
+    return BoundSettings(
+        delta=args.delta, lam=args.lam, loss_range=args.loss_range, lipschitz=args.lipschitz, space=args.space,
+        predictor=args.predictor, form=args.form, stability_method=args.stability_method,
+        hypothesis=tuple(getattr(args, "hypothesis", ["unmasked"])),
+        certificate=None if grid is None else CertificateSettings(posterior_std_grid=tuple(grid)),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print, write ``bounds.json``; 2 with a message when the run cannot be read."""
-    settings = {"delta": args.delta, "lam": args.lam, "loss_range": args.loss_range,
-                "lipschitz": args.lipschitz, "space": args.space, "predictor": args.predictor,
-                "form": args.form, "stability_method": args.stability_method,
-                "hypothesis": list(getattr(args, "hypothesis", ["unmasked"]))}
-    if getattr(args, "posterior_std_grid", None) is not None:
-        settings["posterior_std_grid"] = args.posterior_std_grid
     try:
-        reports = evaluate_run(args.run_dir, **settings)
+        settings = settings_of(args)
+        reports = evaluate_run(args.run_dir, settings)
     except (RunLogError, ValueError) as exc:
         print(f"lora-dropout bounds: {exc}", file=sys.stderr)
         return 2
     print("\n\n".join(str(r) for r in reports))
-    target = args.run_dir / "bounds.json"
-    write_json(target, bounds_document(reports, settings))
+    target = write_bounds(args.run_dir, settings, reports)
     print(f"\nwrote {target}")
     return 0
 

@@ -20,15 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .estimators import (
-    LIPSCHITZ_QUANTITIES,
-    choose_loss_range,
-    final_step,
-    loss_matrix,
-    probe_quantity,
-)
 from .formulas import ensemble_risk_bound, estimate_jensen_gap
-from .runlog import RunLogError, read_run
+from .inputs import RunInputs
+from .runlog import RunLogError
+from .settings import BoundSettings
 
 __all__ = ["COLUMNS", "ensemble_compression", "subensemble_losses"]
 
@@ -74,12 +69,8 @@ def subensemble_losses(member_losses: np.ndarray) -> np.ndarray:
 
 def ensemble_compression(
     run_dir: str | Path,
+    settings: BoundSettings | None = None,
     *,
-    delta: float = 0.05,
-    lam: float = 1.0,
-    loss_range: float | None = None,
-    lipschitz: str = "max",
-    space: str = "delta_w",
     step: int | None = None,
     confidence: float = 0.95,
 ) -> pd.DataFrame:
@@ -89,14 +80,12 @@ def ensemble_compression(
     ----------
     run_dir : path
         A run directory; needs ``samples.parquet``, and ``probes.parquet`` for the bound.
-    delta, lam : float
-        As in :func:`bounds.report.evaluate_run`.
-    loss_range : float, optional
-        ``C``. Given: member and ensemble losses are clipped at ``C`` after the ensemble is formed from
-        the unclipped probabilities (a clipped cross-entropy is not convex, so the Jensen gap may then
-        be negative). Default: the observed maximum loss (heuristic), no clipping.
-    lipschitz : {"max", "q99"}
-    space : {"delta_w", "factors"}
+    settings : BoundSettings, optional
+        ``delta``, ``lam``, ``lipschitz`` and ``space`` as in :func:`bounds.report.evaluate_run` (the probes
+        of the unmasked model). ``loss_range`` is ``C``: given, member and ensemble losses are clipped at
+        ``C`` after the ensemble is formed from the unclipped probabilities (a clipped cross-entropy is not
+        convex, so the Jensen gap may then be negative); default the observed maximum loss (heuristic), no
+        clipping. Default ``BoundSettings()``.
     step : int, optional
         Evaluation step; default the final one.
     confidence : float
@@ -113,19 +102,12 @@ def ensemble_compression(
         ``bound_reason`` then says why). ``source`` says whether the ensemble loss was recomputed from
         member losses (``probs``) or read from the ensemble rows (``logits``: only the run's ``N``).
     """
-    if lipschitz not in LIPSCHITZ_QUANTITIES:
-        raise ValueError(f"lipschitz={lipschitz!r} is not one of {tuple(LIPSCHITZ_QUANTITIES)}")
-    run = read_run(run_dir)
-    samples = run.table("samples")
-    step = final_step(samples) if step is None else int(step)
-    c = choose_loss_range(samples, loss_range, step)
-    average = run.config["lora_dropout"]["ensemble_average"]
-    n_train = run.n_train
-    p = float(run.config["lora_dropout"]["dropout_rate"])
+    settings = BoundSettings() if settings is None else settings
+    inputs = RunInputs(run_dir, settings, step=step)
+    step, c, average = inputs.step, inputs.loss_range, inputs.ensemble_average
+    n_train, p = inputs.n.value, inputs.p.value
     try:
-        probes = run.table("probes")
-        curvature = (probe_quantity(probes, LIPSCHITZ_QUANTITIES[lipschitz], space, run_dir=run_dir).value,
-                     probe_quantity(probes, "hessian_min_eig", space, run_dir=run_dir).value)
+        curvature = (inputs.lipschitz.value, inputs.hessian_min_eig.value)
         missing = ""
     except RunLogError as exc:
         curvature, missing = None, f"no bound: {exc}"
@@ -136,7 +118,7 @@ def ensemble_compression(
     rows = []
     train_member_risk: dict[int, float] = {}
     for split in ("train", "test"):  # train first: the test rows' bound uses the train member risk
-        m = loss_matrix(samples, split, step)
+        m = inputs.matrix(split)
         if average == "probs":
             sizes = range(1, m.member.shape[0] + 1)
             ensembles = subensemble_losses(m.member)
@@ -149,7 +131,7 @@ def ensemble_compression(
             member, ensemble = clipped(m.member[:k]), clipped(ensemble_k)
             gap = estimate_jensen_gap(member, ensemble, confidence)
             row = {
-                "run_id": run.run_id, "step": step, "split": split, "n_members": k, "average": average,
+                "run_id": inputs.run_id, "step": step, "split": split, "n_members": k, "average": average,
                 "source": source, "ensemble_risk": float(ensemble.mean()),
                 "member_risk": float(member.mean()),
                 "jensen_gap": gap.value, "jensen_gap_stderr": gap.stderr, "jensen_gap_ci_low": gap.ci_low,
@@ -159,7 +141,8 @@ def ensemble_compression(
             if split == "train":
                 train_member_risk[k] = row["member_risk"]
             elif curvature is not None:
-                b = ensemble_risk_bound(train_member_risk[k], c.value, *curvature, lam, p, n_train, delta)
+                b = ensemble_risk_bound(train_member_risk[k], c.value, *curvature, settings.lam, p, n_train,
+                                        settings.delta)
                 row.update(bound=b.value, bound_vacuous=b.vacuous, bound_reason=b.reason)
             rows.append(row)
     return pd.DataFrame(rows, columns=list(COLUMNS))

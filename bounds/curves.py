@@ -19,17 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .estimators import (
-    LIPSCHITZ_QUANTITIES,
-    estimate_risks,
-    estimate_stability,
-    probe_quantity,
-    stability_methods,
-)
 from .formulas import lemma43_bound, stability_bound, theorem44_bound, theorem44_gap
-from .runlog import RunLogError, read_run
+from .inputs import RunInputs
+from .settings import BoundSettings
 
-__all__ = ["BOUNDS", "DEFAULTS", "INPUTS", "VARIABLES", "bound_curve", "run_curve_inputs"]
+__all__ = ["BOUNDS", "INPUTS", "VARIABLES", "bound_curve", "run_curve_inputs"]
 
 #: Bound name -> (formula, the inputs it takes, in order).
 BOUNDS = {
@@ -44,49 +38,34 @@ BOUNDS = {
 INPUTS = tuple(dict.fromkeys(name for _, names in BOUNDS.values() for name in names))
 #: Inputs a curve can vary.
 VARIABLES = ("p", "lam", "n", "delta")
-#: Configuration inputs that are not measurements: used unless passed or varied.
-DEFAULTS = {"lam": 1.0, "delta": 0.05}
 
 
-def run_curve_inputs(
-    run_dir: str | Path,
-    names: tuple[str, ...],
-    *,
-    predictor: str = "full",
-    loss_range: float | None = None,
-    lipschitz: str = "max",
-    space: str = "delta_w",
-    stability_method: str | None = None,
-) -> dict[str, float]:
-    """The inputs ``names`` of a bound, measured on a run (only those asked for are read).
+def run_curve_inputs(run_dir: str | Path, names: tuple[str, ...],
+                     settings: BoundSettings | None = None) -> dict[str, float]:
+    """The inputs ``names`` of a bound, measured on a run (`bounds.inputs.RunInputs`; only those asked for
+    are read).
 
-    ``p`` and ``n`` come from ``meta.json``; ``r_hat`` (the predictor's training risk) and the observed
-    ``loss_range`` from ``samples.parquet`` at the final step (clipped at ``loss_range`` when given);
-    ``lipschitz`` and ``hessian_min_eig`` from ``probes.parquet``; ``stability`` (``beta_hat``) from
-    ``stability.parquet``. A missing table raises `bounds.runlog.MissingTableError` naming its producer.
+    ``p`` and ``n`` come from ``meta.json``; ``r_hat`` (the training risk of the settings' predictor, at
+    the unmasked model by default ``full``) and the observed ``loss_range`` from ``samples.parquet`` at
+    the final step (clipped at the settings' ``loss_range`` when given); ``lipschitz`` and
+    ``hessian_min_eig`` from ``probes.parquet``; ``stability`` (``beta_hat``) from ``stability.parquet``. A
+    missing table raises `bounds.runlog.MissingTableError` naming its producer.
     """
-    run = read_run(run_dir)
+    run = RunInputs(run_dir, settings)
     found: dict[str, float] = {}
     if "p" in names:
-        found["p"] = float(run.config["lora_dropout"]["dropout_rate"])
+        found["p"] = run.p.value
     if "n" in names:
-        found["n"] = run.n_train
+        found["n"] = run.n.value
     if {"r_hat", "loss_range"} & set(names):
-        risks = estimate_risks(run.table("samples"), predictor, loss_range=loss_range)
+        risks = run.risks(run.predictor)
         found.update(r_hat=risks.train.value, loss_range=risks.loss_range.value)
     if "lipschitz" in names:
-        found["lipschitz"] = probe_quantity(run.table("probes"), LIPSCHITZ_QUANTITIES[lipschitz], space,
-                                            run_dir=run_dir).value
+        found["lipschitz"] = run.lipschitz.value
     if "hessian_min_eig" in names:
-        found["hessian_min_eig"] = probe_quantity(run.table("probes"), "hessian_min_eig", space,
-                                                  run_dir=run_dir).value
+        found["hessian_min_eig"] = run.hessian_min_eig.value
     if "stability" in names:
-        table = run.table("stability")
-        method = stability_method or next(iter(stability_methods(table)), None)
-        if method is None:
-            raise RunLogError(f"{run_dir}/stability.parquet has no rows")
-        estimate = estimate_stability(table, method, loss_range=loss_range, run_dir=run_dir)
-        found["stability"] = estimate.beta_hat.value
+        found["stability"] = run.beta_hat(run.method(), clipped=True).beta_hat.value
     return {k: v for k, v in found.items() if k in names}
 
 
@@ -97,11 +76,7 @@ def bound_curve(
     run_dir: str | Path | None = None,
     *,
     inputs: Mapping[str, float] | None = None,
-    predictor: str = "full",
-    loss_range: float | None = None,
-    lipschitz: str = "max",
-    space: str = "delta_w",
-    stability_method: str | None = None,
+    settings: BoundSettings | None = None,
 ) -> pd.DataFrame:
     """A bound as a function of one input, the others from a run and/or ``inputs``.
 
@@ -121,9 +96,11 @@ def bound_curve(
         Explicit inputs by formula name (`INPUTS`: ``r_hat``, ``loss_range``, ``lipschitz``,
         ``hessian_min_eig``, ``lam``, ``p``, ``n``, ``delta``, ``stability``); they override the run's, and
         those the bound does not take are ignored (one mapping can serve several bounds). ``lam`` and
-        ``delta`` default to `DEFAULTS`.
-    predictor, loss_range, lipschitz, space, stability_method
-        How the run's inputs are measured, as in :func:`bounds.report.evaluate_run`.
+        ``delta`` default to the settings'.
+    settings : BoundSettings, optional
+        How the run's inputs are measured (``predictor``, ``loss_range``, ``lipschitz``, ``space``,
+        ``stability_method``, as in :func:`bounds.report.evaluate_run`), and the ``lam`` and ``delta`` used
+        unless passed or varied. Default ``BoundSettings()``.
 
     Returns
     -------
@@ -147,14 +124,14 @@ def bound_curve(
     unknown = sorted(set(inputs or {}) - set(INPUTS))
     if unknown:
         raise ValueError(f"inputs {unknown} are not inputs of any bound; known: {INPUTS}")
-    given = {**DEFAULTS, **(inputs or {})}
+    settings = BoundSettings() if settings is None else settings
+    given = {"lam": settings.lam, "delta": settings.delta, **(inputs or {})}
     fixed = {k: given[k] for k in names if k != vary and k in given}
     needed = tuple(k for k in names if k != vary and k not in given)
     if needed and run_dir is None:
         raise ValueError(f"bound {bound!r} needs {needed}: pass them in inputs or give a run_dir")
     if needed:
-        fixed.update(run_curve_inputs(run_dir, needed, predictor=predictor, loss_range=loss_range,
-                                      lipschitz=lipschitz, space=space, stability_method=stability_method))
+        fixed.update(run_curve_inputs(run_dir, needed, settings))
     x = np.asarray(values, dtype=float)
     if x.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {x.shape}")

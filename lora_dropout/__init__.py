@@ -43,8 +43,8 @@ _LAZY = {
     "save_lora_dropout": "method.persist",
     "load_lora_dropout": "method.persist",
     "LoraDropoutTrainer": "method.trainer",
-    "load_alpaca": "tasks.instruction",
-    "score_choices": "tasks.instruction",
+    "load_alpaca": "tasks.alpaca",
+    "score_choices": "tasks.choices",
 }
 
 

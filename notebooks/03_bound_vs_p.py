@@ -20,6 +20,7 @@ delta = 0.05
 import numpy as np
 
 from analysis import plots, tables
+from analysis.summary import select, value
 from bounds.curves import bound_curve
 from bounds.formulas import sparsity
 
@@ -43,8 +44,7 @@ ps = np.linspace(0.0, 0.95, 20)
 over_p = bound_curve("theorem44_gap", "p", ps, run_dir)
 lams = np.logspace(-3, 1, 20)
 over_lam = bound_curve("theorem44_gap", "lam", lams, run_dir)
-lambda_min = float(summary[(summary["run_id"] == main) &
-                           (summary["quantity"] == "hessian_min_eig:delta_w")]["value"].iloc[0])
+lambda_min = value(summary[summary["run_id"] == main], "hessian_min_eig", space="delta_w", hypothesis="unmasked")
 over_p.head()
 
 # %%
@@ -57,5 +57,5 @@ assert (np.diff(over_lam[~over_lam["vacuous"]]["value"].to_numpy()) <= 1e-12).al
 # at p = 0 (plain LoRA) the bound exists only if the Hessian is positive definite
 p0 = panel[panel["p"] == 0.0]
 if len(p0):
-    assert bool(p0["vacuous"].iloc[0]) == (summary[(summary["dropout_rate"] == 0) &
-                                                   (summary["quantity"] == "hessian_min_eig:delta_w")]["value"] <= 0).any()
+    eig = select(summary[summary["dropout_rate"] == 0], "hessian_min_eig", space="delta_w", hypothesis="unmasked")
+    assert bool(p0["vacuous"].iloc[0]) == (eig["value"] <= 0).any()

@@ -49,7 +49,7 @@ for run_id in coll.runs["run_id"]:
         continue
     pairs = run.table("stability")
     for method, g in pairs.groupby("method"):
-        stored = beta[(beta["method"] == method) & beta["label"].str.endswith(f"(seed {run.config['train']['seed']})")]
+        stored = beta[(beta["method"] == method) & beta["label"].str.endswith(f"(seed {run.meta.seed})")]
         np.testing.assert_allclose(stored["beta_hat"].iloc[0], (g["loss_si"] - g["loss_s"]).abs().mean(), rtol=1e-12)
         checked += 1
 assert checked >= 2, "the study measured no stability"

@@ -17,6 +17,7 @@ figures_dir = scales.figures_dir_from_env(Path("figures") / "notebooks" / scale)
 import matplotlib.pyplot as plt
 
 from analysis import claims, plots, tables
+from analysis.verdicts import Verdict
 
 study = scales.load_study(scale)
 summary = study.collection.summary
@@ -43,4 +44,4 @@ print(rises.verdict.value, rises.evidence)
 r_hat = over_p[over_p["series"] == "training risk (full)"].set_index("dropout_rate")["mean"]
 assert r_hat.iloc[-1] > r_hat.iloc[0], r_hat
 # empirical claims: their verdicts are reported, not asserted; the study must be able to measure them
-assert claims.Verdict.NOT_EVALUABLE not in (inverted_u.verdict, rises.verdict), (inverted_u, rises)
+assert Verdict.NOT_EVALUABLE not in (inverted_u.verdict, rises.verdict), (inverted_u, rises)

@@ -20,6 +20,7 @@ figures_dir = scales.figures_dir_from_env(Path("figures") / "notebooks" / scale)
 import matplotlib.pyplot as plt
 
 from analysis import claims, plots, tables
+from analysis.verdicts import Verdict
 
 study = scales.load_study(scale)
 coll, focus = study.collection, study.focus
@@ -56,4 +57,4 @@ assert (compression["ensemble_risk"] <= compression["member_risk"] + 1e-6).all()
 order = claims.ablation_order(coll.summary, study.drop_test, focus)
 print(order.verdict.value, order.evidence)
 # the paper's order is an empirical claim: the verdict is reported (held, did not hold or inconclusive), not asserted
-assert order.verdict is not claims.Verdict.NOT_EVALUABLE, order
+assert order.verdict is not Verdict.NOT_EVALUABLE, order

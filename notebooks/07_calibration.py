@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from analysis import claims, plots, tables
+from analysis.verdicts import Verdict
 
 study = scales.load_study(scale)
 coll, focus = study.collection, study.focus
@@ -48,4 +49,4 @@ for run_id, g in bins[(bins["split"] == "test") & (bins["predictor"] == "ensembl
 assert checked == len(coll.runs)
 lower = claims.lower_ece(coll.summary, focus)
 print(lower.verdict.value, lower.evidence)
-assert lower.verdict is not claims.Verdict.NOT_EVALUABLE, lower  # reported, not asserted: an empirical claim
+assert lower.verdict is not Verdict.NOT_EVALUABLE, lower  # reported, not asserted: an empirical claim

@@ -28,6 +28,8 @@ figures_dir = scales.figures_dir_from_env(Path("figures") / "notebooks" / scale)
 
 # %%
 from analysis import claims, plots, tables
+from analysis.summary import select
+from analysis.verdicts import Verdict
 
 study = scales.load_study(scale)
 summary, focus = study.collection.summary, study.focus
@@ -47,11 +49,11 @@ table
 import numpy as np
 import pandas as pd
 
-from bounds.certificate_report import certificate_table
-from bounds.pacbayes import dropout_kl
+from bounds.formulas import dropout_kl
+from bounds.report import certificate_table
 from bounds.runlog import read_run
 
-certified = sorted(summary.loc[summary["quantity"] == "certificate:pacbayes_dropout", "run_id"].unique())
+certified = sorted(select(summary, "certificate", report="pacbayes_dropout")["run_id"].unique())
 points = []
 for run_id in certified:
     raw = read_run(study.directory / "runs" / run_id).table("certificates").sort_values("posterior_std")
@@ -80,11 +82,11 @@ discounted = ((points["p"] > 0) & (points["factor_sq_dist"] > 0)).to_numpy()  # 
 assert discounted.any() and (points["kl"].to_numpy()[discounted] < at_zero[discounted]).all()
 # the summary reports each run's smallest certificate over its grid
 best = points.groupby("run_id")["certificate"].min()
-reported = summary[summary["quantity"] == "certificate:pacbayes_dropout"].set_index("run_id")["value"]
+reported = select(summary, "certificate", report="pacbayes_dropout").set_index("run_id")["value"]
 np.testing.assert_allclose(reported[best.index], best, rtol=1e-12)
 
 # %%
 for claim in (claims.certificate_non_vacuous(summary, focus), claims.certificate_selects_p(summary, focus)):
     print(f"[{claim.verdict.value}] {claim.statement}: {claim.evidence}")
     # whether the certificate is non-vacuous, and whether it selects the right p, is measured, not asserted
-    assert claim.verdict is not claims.Verdict.NOT_EVALUABLE, claim
+    assert claim.verdict is not Verdict.NOT_EVALUABLE, claim

@@ -13,12 +13,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from lora_dropout.tasks.instruction import (
-    PROMPT_NO_INPUT,
-    PROMPT_WITH_INPUT,
-    SENTIMENT_INSTRUCTION,
-    Instruction,
-)
+from lora_dropout.tasks.alpaca import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, Instruction
+from lora_dropout.tasks.instruction import SENTIMENT_INSTRUCTION
 
 VOCAB = 50
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from .validation import check_count_field, check_option
+
 
 class MaskScope(str, Enum):
     """How often a fresh mask is drawn (theory.md section 4, "mask scope")."""
@@ -35,14 +37,6 @@ class EnsembleAverage(str, Enum):
 
     PROBS = "probs"  # o(x) = mean_r softmax(z_r): Thm 4.5's Jensen inequality holds per example
     LOGITS = "logits"  # o(x) = softmax(mean_r z_r)
-
-
-def _enum(cls: type[Enum], name: str, value: Any) -> Enum:
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"{name}={value!r} is not one of {allowed}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,25 +93,19 @@ class LoraDropoutConfig:
         p = self.dropout_rate
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p < 1.0:
             raise ValueError(f"dropout_rate={p!r} must be a number in [0, 1)")
-        for name in ("n_instances", "n_eval_instances"):
-            value = getattr(self, name)
-            if name == "n_eval_instances" and value is None:
-                continue  # follows n_instances (see `eval_instances`), also after `replace`
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        cap = self.max_instances_per_forward
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(f"max_instances_per_forward={cap!r} must be None or an integer >= 1")
+        check_count_field(self, "n_instances")
+        # None follows n_instances (see `eval_instances`), also after `replace`
+        check_count_field(self, "n_eval_instances", optional=True)
+        check_count_field(self, "max_instances_per_forward", optional=True)
         if not isinstance(self.rescale, bool):
             raise ValueError(f"rescale={self.rescale!r} must be True or False")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} must be a non-negative integer")
+        check_count_field(self, "seed", minimum=0)
         # Frozen: normalise plain strings to the enums through object.__setattr__.
         object.__setattr__(self, "dropout_rate", float(p))
-        object.__setattr__(self, "mask_scope", _enum(MaskScope, "mask_scope", self.mask_scope))
-        object.__setattr__(self, "eval_mode", _enum(EvalMode, "eval_mode", self.eval_mode))
+        object.__setattr__(self, "mask_scope", check_option(MaskScope, "mask_scope", self.mask_scope))
+        object.__setattr__(self, "eval_mode", check_option(EvalMode, "eval_mode", self.eval_mode))
         object.__setattr__(
-            self, "ensemble_average", _enum(EnsembleAverage, "ensemble_average", self.ensemble_average)
+            self, "ensemble_average", check_option(EnsembleAverage, "ensemble_average", self.ensemble_average)
         )
 
     @property

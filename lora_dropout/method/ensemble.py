@@ -59,7 +59,7 @@ class Prediction:
 
     def member_losses(self, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each member, ``(N, B)`` (classification; score a causal LM with
-        `lora_dropout.tasks.instruction.score_choices`, whose members are option distributions)."""
+        `lora_dropout.tasks.choices.score_choices`, whose members are option distributions)."""
         if self.member_logits.dim() != 3:
             raise ValueError(f"member losses need (N, B, C) class logits, got shape {tuple(self.member_logits.shape)}")
         n, b, c = self.member_logits.shape

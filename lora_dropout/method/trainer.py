@@ -88,7 +88,7 @@ class LoraDropoutTrainer(Trainer):
         pred = predict(model, inputs)
         loss = pred.loss(labels).mean().detach() if labels is not None else None
         # A causal LM's (B, T, V) ensemble distributions are too large to gather over an eval set:
-        # the Trainer gets its loss only (multiple-choice accuracy: lora_dropout.tasks.instruction.score_choices).
+        # the Trainer gets its loss only (multiple-choice accuracy: lora_dropout.tasks.choices.score_choices).
         if prediction_loss_only or pred.probs.dim() == 3:
             return loss, None, None
         return loss, pred.probs.clamp_min(torch.finfo(pred.probs.dtype).tiny).log(), labels

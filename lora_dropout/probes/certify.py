@@ -5,7 +5,7 @@ reads the prior mean from ``RUN_DIR/prior/`` (`bounds.runlog.PRIOR_FILES`) and, 
 of a grid fixed in advance, measures what the certificate needs:
 
 - the squared distances ``||A - A_P||^2 + ||B - B_P||^2`` and ``||head - head_P||^2`` to the prior
-  (`lora_dropout.probes.posterior.factor_and_head_sq_dist`) and the KL bound they give;
+  (`lora_dropout.probes.prior_distance.factor_and_head_sq_dist`) and the KL bound they give;
 - the Monte Carlo estimate of the empirical Gibbs 0-1 risk and linear risk (``1 - prob_y``) on the
   certified training examples: ``k`` posterior draws per example (`lora_dropout.probes.posterior.posterior_logits`:
   fresh masks and fresh Gaussian noise per example and draw, so the ``n_b k`` losses are independent given
@@ -15,7 +15,7 @@ of a grid fixed in advance, measures what the certificate needs:
 
 It writes ``certificates.parquet`` (one row per ``posterior_std``, columns documented in
 `bounds.runlog.TABLES`); the certificate itself is pure arithmetic on that table, done on the theory side
-(`bounds.certificate_report`). Cost: ``grid size x k`` posterior draws of every certified and every test
+(`bounds.report.certificate`). Cost: ``grid size x k`` posterior draws of every certified and every test
 example, recorded in the ``passes`` column.
 
 Which examples are certified: with the data-free ``init`` prior (the seeded initialisation, which saw no
@@ -37,14 +37,17 @@ from tqdm.auto import tqdm
 from bounds.runlog import (
     DEFAULT_POSTERIOR_STD_GRID,
     PRIOR_DIR,
-    read_meta,
+    RunMeta,
     read_prior_record,
+    read_run_meta,
     run_state,
 )
 
+from ..method.validation import check_count
 from ..runs.run import load_run
 from ..runs.writer import write_table
-from .posterior import factor_and_head_sq_dist, posterior_logits
+from .posterior import posterior_logits
+from .prior_distance import factor_and_head_sq_dist
 
 #: Default ``k``: posterior draws per example.
 DEFAULT_POSTERIOR_DRAWS = 4
@@ -100,8 +103,8 @@ def _check_probability(name: str, value: float) -> float:
     return float(value)
 
 
-def _no_prior_message(run_dir: Path, meta: dict, missing: Path) -> str:
-    fraction = (meta.get("config", {}).get("train") or {}).get("prior_fraction")
+def _no_prior_message(run_dir: Path, meta: RunMeta, missing: Path) -> str:
+    fraction = meta.prior_fraction
     recorded = ("its config has no train.prior_fraction" if fraction is None
                 else f"its config says prior_fraction={fraction!r}")
     return (f"{run_dir} has no {PRIOR_DIR}/ prior to certify against ({missing} is missing; {recorded}): the run "
@@ -122,7 +125,7 @@ def resolve_prior(run_dir: str | Path, prior: str | None = None) -> tuple[str, P
         For an unknown ``prior``.
     """
     run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
+    meta = read_run_meta(run_dir)
     if prior is not None and prior not in PRIORS:
         raise ValueError(f"prior={prior!r} is not one of {PRIORS}")
     directory = run_dir / PRIOR_DIR
@@ -240,21 +243,18 @@ def certify_run(
     """
     run_dir = Path(run_dir)
     grid = check_grid(posterior_std_grid)
-    if isinstance(posterior_draws, bool) or not isinstance(posterior_draws, int) or posterior_draws < 1:
-        raise ValueError(f"posterior_draws={posterior_draws!r} must be an integer >= 1")
+    check_count("posterior_draws", posterior_draws)
     delta = _check_probability("delta", delta)
     delta_mc = _check_probability("delta_mc", delta_mc)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed={seed!r} must be a non-negative integer")
-    meta = read_meta(run_dir)
+    check_count("batch_size", batch_size, optional=True)
+    check_count("seed", seed, minimum=0, optional=True)
+    meta = read_run_meta(run_dir)
     state = run_state(meta)
     if state != "success":
         raise ValueError(f"{run_dir} is not a finished run (status {state}): certify the parameters of a run that "
                          "ended successfully")
     kind, prior_path, record = resolve_prior(run_dir, prior)
-    task = (meta["config"].get("train") or {}).get("task", "classification")
+    task = meta.task
     if task != "classification":
         raise ValueError(f"{run_dir} is an {task} run: the certificate is implemented for classification runs "
                          "(the Gibbs 0-1 error of class logits)")
@@ -286,7 +286,7 @@ def certify_run(
             risks = {split: gibbs_risks(model, data, posterior_std=sigma, draws=k, batch_size=bs, seed=seed,
                                         device=dev, on_batch=lambda: bar.update(1))
                      for split, data in (("train", certified), ("test", test))}
-            two_var = 2.0 * sigma**2  # KL(Q || P) bound of theory.md section 6 (bounds.pacbayes.dropout_kl)
+            two_var = 2.0 * sigma**2  # KL(Q || P) bound of theory.md section 6 (bounds.formulas.dropout_kl)
             factor_term, head_term = (1.0 - p) * dist.factor / two_var, dist.head / two_var
             rows.append({
                 "posterior_std": sigma, "p": p, "n_bound": len(certified), "n_test": len(test), "draws": k,

@@ -1,8 +1,8 @@
 """Generic curvature numerics on Hessian-vector products: extreme eigenvalues, linear solves, references.
 
 Everything here works on a callable ``hvp(v: np.ndarray) -> np.ndarray`` (a symmetric operator ``H``
-of size ``dim``) and knows nothing about models; `lora_dropout.probes.gradients` builds such callables for a
-LoRA Dropout model. The quantities serve the stability bound (theory.md sections 2-3):
+of size ``dim``) and knows nothing about models; `lora_dropout.probes.gradients.hessian_hvp` builds such
+callables for a LoRA Dropout model. The quantities serve the stability bound (theory.md sections 2-3):
 
 - Prop. 4.2 / Thm 4.4 need ``Lambda_min``, the smallest eigenvalue of the Hessian of the mean
   training loss; the bound is defined only when ``Lambda_min + 2 lambda s > 0``. ``Lambda_max`` is

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bounds.runlog import read_run
+from bounds.runlog import Space, StabilityMethod, read_run
 
 from ..runs.run import load_run
 from ..runs.writer import write_table
-from .gradients import run_probes
-from .stability import METHODS, LoraLooProblem, choose_indices, estimate_stability
+from .measure import run_probes
+from .stability import LoraLooProblem, choose_indices, estimate_stability
 
 
 def _keep_other_hypotheses(run_dir: str | Path, frame: pd.DataFrame, hypothesis: str) -> pd.DataFrame:
@@ -40,9 +40,9 @@ def probe_run(
     run_dir: str | Path,
     *,
     curvature: bool = True,
-    spaces: tuple[str, ...] = ("delta_w",),
+    spaces: tuple[Space | str, ...] = (Space.DELTA_W,),
     stability_k: int = 0,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[StabilityMethod | str, ...] = tuple(StabilityMethod),
     lam: float = 1.0,
     probe_examples: int | None = 128,
     lipschitz_examples: int | None = None,
@@ -68,7 +68,7 @@ def probe_run(
         bound needs (one per-sample-gradient pass). A subset is recorded in probes.parquet's ``n`` and
         labelled so in the bound reports.
     hypothesis : {"unmasked", "expected"}
-        The predictor the curvature probes measure (`lora_dropout.probes.gradients`, "Hypotheses"): the unmasked
+        The predictor the curvature probes measure (`lora_dropout.probes.space`, "Hypotheses"): the unmasked
         model (default) or the expected predictor (every ``dW`` times its training mean, the ``expected``
         eval mode's scale). probes.parquet keeps the rows of the other hypothesis and replaces this one's.
         Leave-one-out stability is always of the unmasked model.

@@ -16,142 +16,32 @@ a batched matmul in the LoRA branch (forward hooks add ``h @ eps_A[row]^T`` to `
 
 Everything is counter-based, like the masks (`lora_dropout.method.masks`): the noise of an entry is a pure
 function of ``(seed, "posterior", sample_id, draw, parameter name, entry)`` (a hash turned into a
-normal by Box-Muller), and the masks are the evaluation-stream masks keyed by ``(sample_id, draw)``.
+normal by Box-Muller, `lora_dropout.probes.noise`), and the masks are the evaluation-stream masks
+keyed by ``(sample_id, draw)``.
 A draw therefore does not depend on the batch it is computed in (composition, order, size), on how the
 draws are chunked, or on the device; at ``posterior_std = 0`` draw ``d`` of an example is exactly
 member ``d`` of its test-time ensemble (`lora_dropout.method.ensemble.predict`).
 
-`factor_and_head_sq_dist` returns the two squared distances that enter ``KL(Q || P)``
-(`bounds.pacbayes.dropout_kl`).
+`lora_dropout.probes.prior_distance.factor_and_head_sq_dist` returns the two squared distances that
+enter ``KL(Q || P)`` (`bounds.formulas.dropout_kl`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from ..method import peft_seam
 from ..method.apply import LoraDropout, MaskSet, get_lora_dropout
 from ..method.losses import logits_of
-from ..method.masks import EVAL_STREAM, combine, hash32, row_hashes, sample_keep, split_sites
+from ..method.masks import EVAL_STREAM, row_hashes, sample_keep, split_sites
 from ..method.objective import KEY_FIELD, instance_chunks, tile, unwrap
-
-#: Stream tag of the posterior noise (the masks stay on the evaluation stream, `EVAL_STREAM`).
-POSTERIOR_STREAM = 0x9057E1
-_M32 = 0xFFFFFFFF
-
-
-# -- counter-based Gaussian noise ---------------------------------------------------------------------
-
-
-def _name_hash(name: str) -> int:
-    """A stable 63-bit integer for a parameter name (independent of Python's per-process hash seed)."""
-    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def standard_normal(rows: torch.Tensor, n: int) -> torch.Tensor:
-    """Counter-based standard normals: entry ``(i, j)`` is a pure function of ``(rows[i], j)``.
-
-    Box-Muller on hashed uniforms: entries ``2q`` and ``2q + 1`` are ``R cos(theta)`` and
-    ``R sin(theta)`` of pair ``q``, with ``R = sqrt(-2 ln u1)`` from a 53-bit uniform ``u1`` in
-    ``(0, 1]`` (two 32-bit hashes) and ``theta = 2 pi u2`` from a 32-bit uniform. Entries of one row
-    do not depend on ``n`` (the first ``n`` entries of a longer row are the same numbers).
-
-    Parameters
-    ----------
-    rows : Tensor, int64, shape ``(R,)``
-        One hash per row (e.g. per (example, draw, parameter)).
-    n : int
-        Entries per row.
-
-    Returns
-    -------
-    Tensor, float64, shape ``(R, n)``
-    """
-    pairs = (n + 1) // 2
-    idx = torch.arange(3 * pairs, dtype=torch.int64, device=rows.device)
-    entry = hash32(hash32(idx) + 0x165667B1)  # (3 P,)
-    salt = hash32(rows ^ 0x3C6EF372)  # (R,)
-    h = hash32(hash32(rows[:, None] ^ entry[None, :]) + salt[:, None]).view(-1, pairs, 3)  # (R, P, 3)
-    bits53 = (h[..., 0] << 21) | (h[..., 1] >> 11)  # < 2^53: exact in float64
-    u1 = (bits53.to(torch.float64) + 0.5) * 2.0**-53  # (0, 1]
-    theta = h[..., 2].to(torch.float64) * (2.0 * math.pi * 2.0**-32)  # [0, 2 pi)
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    z = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta)], dim=-1)  # (R, P, 2)
-    return z.reshape(rows.shape[0], 2 * pairs)[:, :n]
-
-
-def _noise_rows(seed: int, name: str, keys: torch.Tensor, draw_ids: torch.Tensor) -> torch.Tensor:
-    """Row hashes of ``(seed, POSTERIOR_STREAM, name, sample_id, draw)``, draw-major: ``(D * B,)``."""
-    b = keys.shape[0]
-    row_keys = keys.repeat(draw_ids.shape[0])
-    draws = draw_ids.repeat_interleave(b)
-    h = hash32(torch.full_like(row_keys, seed & _M32) ^ 0x2545F491)
-    h = combine(h, seed)
-    h = combine(h, POSTERIOR_STREAM)
-    h = combine(h, _name_hash(name))
-    h = combine(h, row_keys)
-    return combine(h, draws)
-
-
-def posterior_noise(
-    name: str,
-    shape: Sequence[int] | torch.Size,
-    *,
-    keys: torch.Tensor | Sequence[int],
-    draws: int,
-    posterior_std: float,
-    seed: int,
-    first_draw: int = 0,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """The Gaussian part ``eps`` of posterior draws (theory.md section 6), for one parameter.
-
-    ``eps[d, b]`` is ``posterior_std`` times standard normals that depend only on
-    ``(seed, "posterior", keys[b], first_draw + d, name)``: never on the other keys, their order or
-    their number.
-
-    Parameters
-    ----------
-    name : str
-        The parameter's qualified name in the model LoRA Dropout was applied to
-        (``model.named_parameters()``), e.g. ``"...query.lora_A.default.weight"``.
-    shape : sequence of int
-        The parameter's shape.
-    keys : int tensor or sequence, shape ``(B,)``
-        The examples' ``sample_id``.
-    draws : int
-        ``k``: draws ``first_draw .. first_draw + k - 1``.
-    posterior_std : float
-        ``sigma >= 0``.
-    seed : int
-        Root of the noise stream.
-    first_draw : int
-        Index of the first draw.
-    dtype, device
-        Of the result (the normals are computed in float64 on ``device``).
-
-    Returns
-    -------
-    Tensor, shape ``(draws, B, *shape)``
-    """
-    sigma = _check_std(posterior_std)
-    _check_count("draws", draws)
-    keys = torch.as_tensor(keys, dtype=torch.int64, device=device).reshape(-1)
-    draw_ids = torch.arange(first_draw, first_draw + draws, dtype=torch.int64, device=keys.device)
-    shape = tuple(shape)
-    numel = math.prod(shape)
-    z = standard_normal(_noise_rows(seed, name, keys, draw_ids), numel)  # (D * B, numel)
-    return (z * sigma).to(dtype).view(draws, keys.shape[0], *shape)
-
+from ..method.validation import check_count
+from .noise import check_posterior_std, posterior_noise
 
 # -- which parameters are perturbed ---------------------------------------------------------------------
 
@@ -338,13 +228,11 @@ def posterior_sampling(
     """
     inner = unwrap(model)
     handle = get_lora_dropout(inner)
-    sigma = _check_std(posterior_std)
-    _check_count("draws", draws)
-    if isinstance(first_draw, bool) or not isinstance(first_draw, int) or first_draw < 0:
-        raise ValueError(f"first_draw={first_draw!r} must be a non-negative integer")
+    sigma = check_posterior_std(posterior_std)
+    check_count("draws", draws)
+    check_count("first_draw", first_draw, minimum=0)
     seed = handle.config.seed if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer")
+    check_count("seed", seed, minimum=0)
     targets = _targets(handle)
     reference = handle.sites[0].factors()[0]
     keys = torch.as_tensor(keys, dtype=torch.int64, device=reference.device).reshape(-1)
@@ -435,7 +323,7 @@ def posterior_logits(
             f"posterior draws are keyed by the examples' {KEY_FIELD!r} (so they do not depend on the batch); "
             f"the batch has only {sorted(batch)}"
         )
-    _check_count("draws", draws)
+    check_count("draws", draws)
     keys = torch.as_tensor(batch[KEY_FIELD]).reshape(-1)
     inputs = {k: v for k, v in batch.items() if k not in (labels_key, KEY_FIELD)}
     b = keys.shape[0]
@@ -448,92 +336,3 @@ def posterior_logits(
             logits = logits_of(model(**tile(inputs, count, b)))
         chunks.append(logits.reshape(count, b, *logits.shape[1:]))
     return torch.cat(chunks, dim=0)
-
-
-# -- the distances in KL(Q || P) -------------------------------------------------------------------------
-
-
-class SqDist(NamedTuple):
-    """The squared distances of theory.md section 6's ``KL(Q || P)``.
-
-    Attributes
-    ----------
-    factor : float
-        ``||A - A_P||^2 + ||B - B_P||^2`` summed over the adapted modules.
-    head : float
-        ``||head - head_P||^2`` (0 when no head is trained).
-    """
-
-    factor: float
-    head: float
-
-
-@torch.no_grad()
-def factor_and_head_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> SqDist:
-    """``(||A - A_P||^2 + ||B - B_P||^2, ||head - head_P||^2)`` for ``KL(Q || P)`` (theory.md section 6).
-
-    Pass the result to `bounds.pacbayes.dropout_kl` as ``factor_sq_dist`` and ``head_sq_dist``.
-
-    Parameters
-    ----------
-    model : peft model with LoRA Dropout applied
-        Its current parameters are the posterior mean ``theta``.
-    prior_state : mapping of name to tensor
-        The prior mean ``theta_P``, keyed as in the peft model's ``state_dict()``
-        (``...lora_A.default.weight``, ``classifier.modules_to_save.default.weight``) or as in peft's
-        adapter file (``get_peft_model_state_dict``: ``...lora_A.weight``, ``classifier.weight``).
-        Other entries are ignored.
-
-    Returns
-    -------
-    SqDist
-        Sums of squares, accumulated in float64.
-
-    Raises
-    ------
-    KeyError
-        If a factor or head parameter has no entry in ``prior_state`` (the message lists them).
-    ValueError
-        If an entry's shape differs from the parameter's.
-    """
-    inner = unwrap(model)
-    handle = get_lora_dropout(inner)
-    factors, head = posterior_parameters(inner)
-    file_names = peft_seam.adapter_file_names(handle.model)
-    missing = [n for n in (*factors, *head) if n not in prior_state and file_names.get(n) not in prior_state]
-    if missing:
-        raise KeyError(
-            f"prior_state has no entry for {missing} (under either name form); it has {sorted(prior_state)[:8]}..."
-        )
-
-    def sq(params: dict[str, torch.nn.Parameter]) -> float:
-        total = 0.0
-        for name, p in params.items():
-            prior = prior_state[name] if name in prior_state else prior_state[file_names[name]]
-            if tuple(prior.shape) != tuple(p.shape):
-                raise ValueError(
-                    f"prior_state[{name!r}] has shape {tuple(prior.shape)}, the parameter {tuple(p.shape)}"
-                )
-            diff = p.detach().to(torch.float64) - prior.detach().to(device=p.device, dtype=torch.float64)
-            total += float((diff * diff).sum())
-        return total
-
-    return SqDist(factor=sq(factors), head=sq(head))
-
-
-# -- argument checks ---------------------------------------------------------------------------------------
-
-
-def _check_std(posterior_std: float) -> float:
-    if (
-        isinstance(posterior_std, bool)
-        or not isinstance(posterior_std, (int, float))
-        or not (math.isfinite(posterior_std) and posterior_std >= 0)
-    ):
-        raise ValueError(f"posterior_std={posterior_std!r} must be a finite number >= 0")
-    return float(posterior_std)
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-METHODS = ("retrain", "warm_start", "influence")
+from bounds.runlog import StabilityMethod
 
 
 class InfluenceUndefined(RuntimeError):
@@ -79,7 +79,8 @@ def choose_indices(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
-def estimate_stability(problem: LooProblem, indices: Sequence[int], methods: Iterable[str] = METHODS,
+def estimate_stability(problem: LooProblem, indices: Sequence[int],
+                       methods: Iterable[StabilityMethod | str] = tuple(StabilityMethod),
                        *, progress: bool = True) -> pd.DataFrame:
     """Leave-one-out pairs for every index and method: the rows of the ``stability`` table.
 
@@ -87,11 +88,13 @@ def estimate_stability(problem: LooProblem, indices: Sequence[int], methods: Ite
     with a warning; ``frame.attrs["skipped"]`` maps it to the reason.
     """
     methods = list(methods)
-    unknown = sorted(set(methods) - set(METHODS))
+    known = [m.value for m in StabilityMethod]
+    unknown = sorted(set(methods) - set(known))
     if unknown:
-        raise ValueError(f"unknown stability method(s) {unknown}; known: {list(METHODS)}")
+        raise ValueError(f"unknown stability method(s) {unknown}; known: {known}")
+    methods = [StabilityMethod(m).value for m in methods]  # the table holds the plain strings
     theta = problem.theta_s()
-    reference = problem.warm_start(None) if "warm_start" in methods else None
+    reference = problem.warm_start(None) if StabilityMethod.WARM_START in methods else None
     rows = []
     skipped: dict[str, str] = {}  # method -> why it cannot be evaluated on this problem
     bar = tqdm(total=len(indices) * len(methods), desc="leave-one-out", disable=not progress, leave=False)
@@ -100,7 +103,7 @@ def estimate_stability(problem: LooProblem, indices: Sequence[int], methods: Ite
             t0 = time.perf_counter()
             if method in skipped:
                 continue
-            if method == "influence":
+            if method == StabilityMethod.INFLUENCE:
                 try:
                     delta, step = problem.influence(i)
                 except InfluenceUndefined as exc:
@@ -110,8 +113,10 @@ def estimate_stability(problem: LooProblem, indices: Sequence[int], methods: Ite
                 loss_s = problem.loss(theta, i)
                 row = {"loss_s": loss_s, "loss_si": loss_s + delta, "param_distance": step}
             else:
-                base, other = (theta, problem.retrain(i)) if method == "retrain" else (reference,
-                                                                                    problem.warm_start(i))
+                if method == StabilityMethod.RETRAIN:
+                    base, other = theta, problem.retrain(i)
+                else:
+                    base, other = reference, problem.warm_start(i)
                 row = {"loss_s": problem.loss(base, i), "loss_si": problem.loss(other, i),
                        "param_distance": problem.distance(base, other)}
             rows.append({"sample_id": problem.sample_id(i), "method": method, **row,
@@ -138,13 +143,13 @@ class LoraLooProblem:
 
     ``theta`` is the state of the trainable parameters (LoRA factors and the classification head); the
     loss of an example is the cross-entropy of the UNMASKED model in eval mode, the hypothesis
-    ``theta(S)`` of the theory (as in `lora_dropout.probes.gradients`). Parameter distances are measured on the
+    ``theta(S)`` of the theory (as in `lora_dropout.probes.space`). Parameter distances are measured on the
     merged updates, ``sqrt(sum_k ||dW_k(S^i) - dW_k(S)||_F^2)``.
 
     Retraining rebuilds the run's initial parameters (same seeds) and trains with `fit` and the run's
     configuration, skipping one sample id; warm starts continue the run's streams for
     ``warm_epochs`` epochs (epochs numbered after the run's own). The influence estimate works in the
-    ``delta_w`` space of `lora_dropout.probes.gradients` on ``probe_data`` (a subset of the training set, so the
+    ``delta_w`` space of `lora_dropout.probes.space` on ``probe_data`` (a subset of the training set, so the
     Hessian is estimated on it); it is undefined, and raises, where ``H + 2 lam s I`` is not positive
     definite, the same condition that makes Thm 4.4 vacuous.
     """
@@ -247,7 +252,8 @@ class LoraLooProblem:
 
     def influence(self, i: int) -> tuple[float, float]:
         from .curvature import conjugate_gradient
-        from .gradients import ParamSpace, hessian_hvp
+        from .gradients import hessian_hvp
+        from .space import ParamSpace
 
         self._load(self._theta)
         model, handle = self.run.model, self.run.handle

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..method.config import LoraDropoutConfig
+from ..method.validation import check_count_field
+from ..tasks.base import check_task
 
 DEFAULT_DATA = "rotten_tomatoes"
 
@@ -45,9 +47,7 @@ class AdapterConfig:
         if self.method not in ("lora", "adalora"):
             raise ValueError(f"method={self.method!r} must be 'lora' or 'adalora'")
         for name in ("r", "lora_alpha", "target_r"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+            check_count_field(self, name)
         if not 0.0 <= self.peft_lora_dropout < 1.0:
             raise ValueError(f"peft_lora_dropout={self.peft_lora_dropout!r} must be in [0, 1)")
         if self.target_modules is not None:
@@ -108,20 +108,18 @@ class TrainConfig:
     dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (GPU)"})
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "max_length", "eval_batch_size")
-        for name in positive:
+        for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
+            check_count_field(self, name)
+        for name in SIZE_CAPS:  # 'auto', None or a count
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        for name in SIZE_CAPS:
-            value = getattr(self, name)
-            if value is not None and value != AUTO and (
-                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r} must be 'auto', None or an integer >= 1")
+            if value == AUTO:
+                continue
+            try:
+                check_count_field(self, name, optional=True)
+            except ValueError:  # check_count's message, naming the 'auto' option too
+                raise ValueError(f"{name}={value!r} must be 'auto', None or an integer >= 1") from None
         for name in ("eval_every", "samples_every", "warmup_steps", "seed", "data_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+            check_count_field(self, name, minimum=0)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr={self.lr!r} must be a positive number")
         if isinstance(self.prior_fraction, bool) or not isinstance(self.prior_fraction, (int, float)) or not (
@@ -131,18 +129,14 @@ class TrainConfig:
                 isinstance(self.posterior_lr, (int, float)) and not isinstance(self.posterior_lr, bool)
                 and self.posterior_lr > 0 and math.isfinite(self.posterior_lr)):
             raise ValueError(f"posterior_lr={self.posterior_lr!r} must be None or a positive number")
-        if self.posterior_epochs is not None and (
-                isinstance(self.posterior_epochs, bool) or not isinstance(self.posterior_epochs, int)
-                or self.posterior_epochs < 0):
-            raise ValueError(f"posterior_epochs={self.posterior_epochs!r} must be None or an integer >= 0")
+        check_count_field(self, "posterior_epochs", minimum=0, optional=True)
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be None or > 0")
         if self.base_dropout is not None and not 0.0 <= self.base_dropout < 1.0:
             raise ValueError(f"base_dropout={self.base_dropout!r} must be None or in [0, 1)")
-        if self.task not in ("classification", "instruction"):
-            raise ValueError(f"task={self.task!r} must be 'classification' or 'instruction'")
+        check_task(self.task)  # one of the registered tasks (lora_dropout.tasks.base.TASKS)
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} must be float32, bfloat16 or float16")
 

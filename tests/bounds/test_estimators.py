@@ -6,7 +6,6 @@ bounds test modules import it.
 
 from __future__ import annotations
 
-import doctest
 import json
 import math
 from pathlib import Path
@@ -16,9 +15,6 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-import bounds.compression
-import bounds.curves
-import bounds.estimators
 from bounds.estimators import (
     MissingMeasurementError,
     choose_loss_range,
@@ -277,9 +273,3 @@ def test_diversity_is_the_minority_fraction():
     assert list(multi["exact"]) == [True, True, False, False]  # exact only where the majority is right
     with pytest.raises(ValueError, match="n_classes"):
         per_sample_diversity(samples_frame(), n_classes=1)
-
-
-@pytest.mark.parametrize("module", [bounds.estimators, bounds.compression, bounds.curves])
-def test_docstring_examples(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

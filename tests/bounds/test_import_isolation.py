@@ -11,7 +11,12 @@ from pathlib import Path
 import bounds
 
 BOUNDS_DIR = Path(bounds.__file__).parent
-MODULES = sorted(p.stem for p in BOUNDS_DIR.glob("*.py") if p.stem != "__init__")
+#: Every module of the package, sub-packages included (``runlog``, ``runlog.io``, ...).
+MODULES = sorted(
+    ".".join(p.relative_to(BOUNDS_DIR).with_suffix("").parts[:-1] if p.stem == "__init__" else
+             p.relative_to(BOUNDS_DIR).with_suffix("").parts)
+    for p in BOUNDS_DIR.rglob("*.py") if p.parent != BOUNDS_DIR or p.stem != "__init__"
+)
 ALLOWED_THIRD_PARTY = {"numpy", "scipy", "pandas", "pyarrow"}
 
 
@@ -41,7 +46,7 @@ def test_import_bounds_alone_loads_nothing_heavy():
 
 
 def test_exports_resolve_and_unknown_names_raise():
-    assert bounds.evaluate_run.__module__ == "bounds.report"
+    assert bounds.evaluate_run.__module__.startswith("bounds.report")
     assert bounds.sparsity(0.5) == 0.75
     assert "evaluate_run" in dir(bounds)
     try:
@@ -54,7 +59,7 @@ def test_exports_resolve_and_unknown_names_raise():
 
 def test_source_imports_only_the_allowed_packages():
     allowed = ALLOWED_THIRD_PARTY | set(sys.stdlib_module_names) | {"bounds"}
-    for path in BOUNDS_DIR.glob("*.py"):
+    for path in BOUNDS_DIR.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

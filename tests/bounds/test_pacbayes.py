@@ -1,4 +1,5 @@
-"""Tests of bounds.pacbayes (theory.md section 6): golden values, closed forms, properties, coverage, errors."""
+"""Tests of the PAC-Bayes part of bounds.formulas (theory.md section 6): golden values, closed forms,
+properties, coverage, errors."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.optimize import brentq
 from scipy.special import gammaln, xlogy
 
-from bounds.pacbayes import (
+from bounds.formulas import (
     DEFAULT_TOL,
     DropoutKL,
     EnsembleCertificate,

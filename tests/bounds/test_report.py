@@ -15,6 +15,7 @@ from numpy.testing import assert_allclose
 from bounds.cli import main, register
 from bounds.report import BoundReport, evaluate_run
 from bounds.runlog import MissingTableError
+from bounds.settings import BoundSettings
 
 from .test_estimators import (
     N_TRAIN,
@@ -53,7 +54,7 @@ def run(tmp_path):
 
 @pytest.fixture
 def reports(run):
-    return by_name(evaluate_run(run, delta=DELTA, lam=LAM, loss_range=C))
+    return by_name(evaluate_run(run, BoundSettings(delta=DELTA, lam=LAM, loss_range=C)))
 
 
 def test_report_names(reports):
@@ -105,14 +106,14 @@ def test_lemma43_printed_by_hand(reports):
 
 def test_lemma43_corrected_form(run):
     # param_distance is measured on the merged dW (delta_w), so eta must be the delta_w probe
-    r = by_name(evaluate_run(run, loss_range=C, form="corrected"))["lemma43"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C, form="corrected")))["lemma43"]
     beta_1 = ETA * (0.01 + 0.02 + 0.03 + 0.04) / 4  # delta_w lipschitz_max * mean param_distance (retrain)
     gap = math.sqrt((C**2 + 6 * C * N_TRAIN * (beta_1 + BETA_CLIPPED)) / (2 * N_TRAIN * DELTA))
     assert r.evaluable
     assert_allclose([r.value, {q.name: q.value for q in r.inputs}["stability_1"]], [R_HAT + gap, 0.05])
     assert "corrected" in r.theorem
     # eta in the factor space (lipschitz_max 3.0 there) against a delta_w distance: refused, naming both
-    r = by_name(evaluate_run(run, loss_range=C, form="corrected", space="factors"))["lemma43"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C, form="corrected", space="factors")))["lemma43"]
     assert not r.evaluable and "beta_1" in r.reason
     assert "space='factors'" in r.reason and "space='delta_w'" in r.reason and "param_distance" in r.reason
 
@@ -137,12 +138,12 @@ def test_ensemble_bound_by_hand(reports):
 
 
 def test_predictor_option_changes_the_risks(run):
-    r = by_name(evaluate_run(run, loss_range=C, predictor="member_mean"))["theorem44"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C, predictor="member_mean")))["theorem44"]
     assert_allclose(r.terms["r_hat"], np.minimum(TRAIN_MEMBERS, C).mean())
     r = by_name(evaluate_run(run))["theorem44"]  # observed C, unclipped
     assert_allclose([r.terms["r_hat"], r.measured], [TRAIN_DET.mean(), TEST_DET.mean() - TRAIN_DET.mean()])
     assert assumption(r, "loss_range").holds is None
-    r = by_name(evaluate_run(run, lipschitz="q99"))["theorem44"]
+    r = by_name(evaluate_run(run, BoundSettings(lipschitz="q99")))["theorem44"]
     assert {q.name: q.value for q in r.inputs}["lipschitz"] == 1.5
 
 
@@ -160,24 +161,24 @@ def test_positive_curvature_holds_and_every_premise_is_measured(reports):
 def test_negative_curvature_fails_psd_and_a_non_positive_denominator_is_vacuous(tmp_path):
     run = write_run(tmp_path / "neg", probes=probe_rows(hessian_min_eig=-0.1))
     # D = -0.1 + 2 * 1 * 0.75 > 0: the value is finite, but Prop. 4.2's PSD premise fails
-    r = by_name(evaluate_run(run, loss_range=C, lam=1.0))["theorem44"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C, lam=1.0)))["theorem44"]
     assert not r.vacuous and math.isfinite(r.value)
     assert assumption(r, "psd_hessian").holds is False and assumption(r, "positive_denominator").holds is True
     assert r.status == "assumptions fail"
     # lam = 0.05: D = -0.1 + 2 * 0.05 * 0.75 = -0.025 <= 0: vacuous, with the reason
-    r = by_name(evaluate_run(run, loss_range=C, lam=0.05))["theorem44"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C, lam=0.05)))["theorem44"]
     assert r.vacuous and r.value == math.inf and r.status == "vacuous"
     assert "-0.025" in r.reason and "<= 0" in r.reason
     assert assumption(r, "positive_denominator").holds is False
     below = assumption(r, "measured_below_bound")
     assert below.holds is True and "vacuous" in below.detail
-    assert by_name(evaluate_run(run, loss_range=C, lam=0.05))["ensemble"].vacuous
+    assert by_name(evaluate_run(run, BoundSettings(loss_range=C, lam=0.05)))["ensemble"].vacuous
 
 
 def test_lambda_min_exactly_zero_holds_the_psd_premise(tmp_path):
     # PSD means Lambda_min >= 0: a zero eigenvalue (flat direction) satisfies it
     run = write_run(tmp_path / "zero", probes=probe_rows(hessian_min_eig=0.0))
-    r = by_name(evaluate_run(run, loss_range=C))["theorem44"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C)))["theorem44"]
     psd = assumption(r, "psd_hessian")
     assert psd.holds is True and psd.measured == 0.0 and ">= 0" in psd.detail
     assert not r.vacuous  # D = 0 + 2 lam s = 1.5
@@ -189,7 +190,7 @@ def test_unconverged_lanczos_leaves_the_psd_premise_not_measured(tmp_path):
     probes.loc[unconverged, "converged"] = False
     probes.loc[unconverged, "residual"] = 0.37
     run = write_run(tmp_path / "unconv", probes=probes)
-    reports = by_name(evaluate_run(run, loss_range=C))
+    reports = by_name(evaluate_run(run, BoundSettings(loss_range=C)))
     for name in ("prop42[retrain]", "theorem44", "ensemble"):
         r = reports[name]
         psd, denominator = assumption(r, "psd_hessian"), assumption(r, "positive_denominator")
@@ -202,14 +203,14 @@ def test_unconverged_lanczos_leaves_the_psd_premise_not_measured(tmp_path):
     assert "not measured" in str(r)
     # a table written before the converged column: convergence unknown, so not measured either
     run = write_run(tmp_path / "old", probes=probe_rows().drop(columns="converged"))
-    psd = assumption(by_name(evaluate_run(run, loss_range=C))["theorem44"], "psd_hessian")
+    psd = assumption(by_name(evaluate_run(run, BoundSettings(loss_range=C)))["theorem44"], "psd_hessian")
     assert psd.holds is None and "does not record" in psd.detail
 
 
 def test_eta_from_a_subset_is_labelled_in_inputs_and_audit(tmp_path):
     probes = probe_rows()
     probes.loc[probes["quantity"].str.startswith("lipschitz"), "n"] = 40  # 40 of n_train = 100 probed
-    r = by_name(evaluate_run(write_run(tmp_path / "sub", probes=probes), loss_range=C))["theorem44"]
+    r = by_name(evaluate_run(write_run(tmp_path / "sub", probes=probes), BoundSettings(loss_range=C)))["theorem44"]
     label = f"eta: max over 40 of n={N_TRAIN} training examples (subset)"
     (eta,) = [q for q in r.inputs if q.name == "lipschitz"]
     assert eta.n == 40 and eta.note.startswith(label)
@@ -218,7 +219,7 @@ def test_eta_from_a_subset_is_labelled_in_inputs_and_audit(tmp_path):
     assert (coverage.measured, coverage.threshold) == (40, N_TRAIN)
     assert label in str(r) and r.status == "assumptions fail"  # stability_below_theory still fails
     # every example probed: labelled "(all)", and the premise holds
-    r = by_name(evaluate_run(write_run(tmp_path / "all"), loss_range=C))["theorem44"]
+    r = by_name(evaluate_run(write_run(tmp_path / "all"), BoundSettings(loss_range=C)))["theorem44"]
     coverage = assumption(r, "lipschitz_coverage")
     assert coverage.holds is True and f"over {N_TRAIN} of n={N_TRAIN} training examples (all)" in coverage.detail
     assert {q.name: q for q in r.inputs}["lipschitz"].note == ""
@@ -227,18 +228,19 @@ def test_eta_from_a_subset_is_labelled_in_inputs_and_audit(tmp_path):
 def test_stationarity_closeness_and_lam_flip(tmp_path):
     far = STABILITY.assign(param_distance=1.0)
     run = write_run(tmp_path / "flip", probes=probe_rows(grad_norm=0.5, lam=2.0), stability=far)
-    r = by_name(evaluate_run(run, loss_range=C))["theorem44"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C)))["theorem44"]
     assert assumption(r, "stationarity").holds is False
     assert assumption(r, "closeness").holds is False
     assert assumption(r, "lipschitz_lam").holds is False
     probes = probe_rows().assign(lam=np.nan)
-    r = by_name(evaluate_run(write_run(tmp_path / "nolam", probes=probes), loss_range=C))["theorem44"]
+    r = by_name(evaluate_run(write_run(tmp_path / "nolam", probes=probes), BoundSettings(loss_range=C)))[
+        "theorem44"]
     assert assumption(r, "lipschitz_lam").holds is None
 
 
 def test_missing_probes_gives_not_evaluable_reports_naming_the_command(tmp_path):
     run = write_run(tmp_path / "noprobes", with_probes=False)
-    reports = by_name(evaluate_run(run, loss_range=C))
+    reports = by_name(evaluate_run(run, BoundSettings(loss_range=C)))
     for name in ("prop42[retrain]", "theorem44", "ensemble"):
         r = reports[name]
         assert not r.evaluable and r.status == "not evaluable"
@@ -249,13 +251,13 @@ def test_missing_probes_gives_not_evaluable_reports_naming_the_command(tmp_path)
 
 def test_missing_probe_row_is_named(tmp_path):
     run = write_run(tmp_path / "noq99", probes=probe_rows().query("quantity != 'lipschitz_q99'"))
-    r = by_name(evaluate_run(run, lipschitz="q99"))["theorem44"]
+    r = by_name(evaluate_run(run, BoundSettings(lipschitz="q99")))["theorem44"]
     assert not r.evaluable and "quantity=lipschitz_q99 space=delta_w" in r.reason
 
 
 def test_missing_stability_and_modules(tmp_path):
     run = write_run(tmp_path / "bare", stability=None, modules=False)
-    reports = by_name(evaluate_run(run, loss_range=C))
+    reports = by_name(evaluate_run(run, BoundSettings(loss_range=C)))
     assert not reports["prop42"].evaluable and "--stability-k" in reports["prop42"].reason
     assert not reports["lemma43"].evaluable and not reports["uniform_stability"].evaluable
     r = reports["theorem44"]
@@ -271,11 +273,12 @@ def test_missing_samples_raises(tmp_path):
         evaluate_run(run)
 
 
-def test_bad_options_raise(run):
+def test_bad_options_raise():
     for kwargs in (dict(lipschitz="q50"), dict(space="weights"), dict(predictor="x"), dict(delta=1.5),
                    dict(lam=-1.0), dict(form="loose")):
-        with pytest.raises(ValueError):
-            evaluate_run(run, **kwargs)
+        (name,) = kwargs
+        with pytest.raises(ValueError, match=name):
+            BoundSettings(**kwargs)
 
 
 def test_to_frame_to_dict_and_str(reports):
@@ -349,7 +352,7 @@ def test_reports_on_real_table_dtypes(tmp_path):
     samples["loss"] = samples["loss"].astype(np.float32).astype(np.float64)
     samples["split"] = samples["split"].astype(pd.StringDtype("pyarrow"))
     run = write_run(tmp_path / "f32", samples=samples)
-    r = by_name(evaluate_run(run, loss_range=C))["ensemble"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C)))["ensemble"]
     assert r.evaluable and assumption(r, "jensen").holds is True
 
 
@@ -361,7 +364,7 @@ def test_clipping_can_break_jensen_and_the_audit_says_so(tmp_path):
     test_members = TEST_MEMBERS.copy()
     test_members[:, 0] = [0.1, 5.0]
     run = write_run(tmp_path / "j", samples=samples_frame(TRAIN_MEMBERS, test_members))
-    clipped = assumption(by_name(evaluate_run(run, loss_range=1.0))["ensemble"], "jensen")
+    clipped = assumption(by_name(evaluate_run(run, BoundSettings(loss_range=1.0)))["ensemble"], "jensen")
     assert clipped.holds is False
     assert_allclose(clipped.measured, 0.55 + np.log(np.mean(np.exp([-0.1, -5.0]))))
     assert assumption(by_name(evaluate_run(run))["ensemble"], "jensen").holds is True
@@ -369,7 +372,7 @@ def test_clipping_can_break_jensen_and_the_audit_says_so(tmp_path):
 
 def test_an_empty_stability_table_is_not_evaluable(tmp_path):
     run = write_run(tmp_path / "empty", stability=STABILITY.iloc[:0])
-    reports = by_name(evaluate_run(run, loss_range=C))
+    reports = by_name(evaluate_run(run, BoundSettings(loss_range=C)))
     assert not reports["prop42"].evaluable and "no rows" in reports["prop42"].reason
     assert not reports["lemma43"].evaluable and reports["theorem44"].evaluable
 
@@ -403,7 +406,8 @@ def two_hypothesis_run(path, *, eval_mode="ensemble", rescale=False, expected=Tr
 
 def test_expected_hypothesis_uses_its_probes_and_the_deterministic_risks(tmp_path):
     run = two_hypothesis_run(tmp_path / "hyp")
-    reports = by_name(evaluate_run(run, delta=DELTA, lam=LAM, loss_range=C, hypothesis=["unmasked", "expected"]))
+    both = BoundSettings(delta=DELTA, lam=LAM, loss_range=C, hypothesis=["unmasked", "expected"])
+    reports = by_name(evaluate_run(run, both))
     assert list(reports)[-2:] == ["prop42[expected]", "theorem44[expected]"]
     assert "theorem44" in reports and "lemma43" in reports  # the unmasked reports come first, unchanged
     r = reports["theorem44[expected]"]
@@ -433,21 +437,22 @@ def test_expected_hypothesis_uses_its_probes_and_the_deterministic_risks(tmp_pat
 
 def test_expected_hypothesis_with_rescale_has_scale_one(tmp_path):
     run = two_hypothesis_run(tmp_path / "rescaled", rescale=True)
-    r = by_name(evaluate_run(run, loss_range=C, hypothesis="expected"))["theorem44[expected]"]
+    r = by_name(evaluate_run(run, BoundSettings(loss_range=C, hypothesis="expected")))["theorem44[expected]"]
     assert {q.name: q for q in r.inputs}["expected_scale"].value == 1.0
 
 
 def test_expected_hypothesis_fails_clearly_when_the_run_does_not_log_its_predictor(tmp_path):
     run = two_hypothesis_run(tmp_path / "full", eval_mode="full")
-    reports = by_name(evaluate_run(run, loss_range=C, hypothesis="expected"))
+    reports = by_name(evaluate_run(run, BoundSettings(loss_range=C, hypothesis="expected")))
     r = reports["theorem44[expected]"]
     assert not r.evaluable and "eval_mode='full'" in r.reason and "no risk of the expected predictor" in r.reason
     assert reports["prop42[expected]"].evaluable  # Prop. 4.2 needs no risk
     # no expected probes: the reason names the command that measures them
-    r = by_name(evaluate_run(two_hypothesis_run(tmp_path / "none", expected=False), hypothesis="expected"))
+    none = two_hypothesis_run(tmp_path / "none", expected=False)
+    r = by_name(evaluate_run(none, BoundSettings(hypothesis="expected")))
     assert "--curvature --hypothesis expected" in r["theorem44[expected]"].reason
     with pytest.raises(ValueError, match="hypothesis"):
-        evaluate_run(run, hypothesis="masked")
+        BoundSettings(hypothesis="masked")
 
 
 def test_cli_hypothesis_keeps_both_in_bounds_json(tmp_path):

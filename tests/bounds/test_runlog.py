@@ -63,7 +63,7 @@ def test_a_good_run_validates(tmp_path):
         (dict(samples=pd.concat([_samples(), _samples()])), "duplicate key"),
         (dict(steps=[_step(), _step()]), "duplicate key"),
         (dict(steps=[_step(predictor="majority")]), "unknown predictor"),
-        (dict(meta=_meta(status="done")), "status 'done'"),
+        (dict(meta=_meta(status="done")), "status='done' is not one of"),
         (dict(meta=_meta(status="failed")), "without an error"),
         (dict(meta={k: v for k, v in _meta().items() if k != "run_id"}), "missing field"),
     ],

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout
 from lora_dropout.method.objective import n_instance_loss
-from lora_dropout.tasks.instruction import collate_instructions, encode_instruction
+from lora_dropout.tasks.alpaca import collate_instructions, encode_instruction
 from tests.tiny import reviews, tiny_causal_lm, tiny_tokenizer
 
 WORLD = 2

@@ -9,7 +9,8 @@ import torch
 
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout, predict
 from lora_dropout.method.objective import looped_n_instance_loss, n_instance_loss
-from lora_dropout.tasks.instruction import format_prompt, score_choices
+from lora_dropout.tasks.alpaca import format_prompt
+from lora_dropout.tasks.choices import score_choices
 from tests.tiny import reviews, tiny_batch, tiny_causal_lm, tiny_lora, tiny_tokenizer
 
 pytestmark = [

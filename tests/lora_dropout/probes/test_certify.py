@@ -10,7 +10,7 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from bounds.pacbayes import dropout_kl
+from bounds.formulas import dropout_kl
 from bounds.runlog import read_meta, validate_run
 from lora_dropout.probes.certify import certify_run
 from lora_dropout.probes.posterior import posterior_logits
@@ -227,7 +227,7 @@ def test_cli_bad_inputs_end_with_one_line(tiny_run, tmp_path, capsys):
 def test_certify_uses_the_prior_that_training_wrote(tmp_path):
     import dataclasses
 
-    from bounds.certificate_report import certificate_reports
+    from bounds.report import certificate_reports
     from lora_dropout.runs.config import TrainConfig
 
     if "prior_fraction" not in {f.name for f in dataclasses.fields(TrainConfig)}:

@@ -13,15 +13,14 @@ from peft import get_peft_model_state_dict
 from scipy import stats
 
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout, get_lora_dropout, predict
+from lora_dropout.probes.noise import posterior_noise, standard_normal
 from lora_dropout.probes.posterior import (
-    factor_and_head_sq_dist,
     posterior_logits,
     posterior_masks,
-    posterior_noise,
     posterior_parameters,
     posterior_sampling,
-    standard_normal,
 )
+from lora_dropout.probes.prior_distance import factor_and_head_sq_dist
 from tests.tiny import tiny_adalora, tiny_batch, tiny_lora
 
 SIDS = [10, 3, 7, 42]

@@ -51,7 +51,7 @@ def test_probe_writes_valid_probes_and_stability_tables(tiny_run):
     # eta is a max over every training example by default; the Hessian over the first probe_examples
     n_by_quantity = probes.groupby("quantity")["n"].agg(set).to_dict()
     for q in ("lipschitz_max", "lipschitz_q99", "lipschitz_mean", "grad_norm"):
-        assert n_by_quantity[q] == {run.n_train} == {32}, q
+        assert n_by_quantity[q] == {run.meta.n_train} == {32}, q
     assert n_by_quantity["hessian_min_eig"] == n_by_quantity["hessian_max_eig"] == {16}
     assert probes["converged"].dtype == bool
     stability = run.table("stability")
@@ -137,8 +137,10 @@ def test_expected_hypothesis_probe_bounds_and_collect_end_to_end(tiny_run, tmp_p
 
     coll = collect([run])
     assert not coll.skipped
-    quantities = set(coll.summary["quantity"])
-    assert {"lam_needed:theorem44", "n_needed:theorem44", "lam_needed:theorem44[expected]",
-            "bound:theorem44[expected]", "hessian_min_eig:delta_w[expected]", "hessian_min_eig:delta_w"} <= quantities
-    assert "beta_hat:expected" not in quantities
+    s = coll.summary  # analysis.summary: (quantity, report, space, hypothesis) keep both hypotheses apart
+    keys = set(zip(s["quantity"], s["report"], s["space"], s["hypothesis"], strict=True))
+    assert {("lam_needed", "theorem44", "", "unmasked"), ("n_needed", "theorem44", "", "unmasked"),
+            ("lam_needed", "theorem44[expected]", "", "expected"), ("bound", "theorem44[expected]", "", "expected"),
+            ("hessian_min_eig", "", "delta_w", "expected"), ("hessian_min_eig", "", "delta_w", "unmasked")} <= keys
+    assert s[(s["quantity"] == "beta_hat") & (s["report"] == "prop42[expected]")].empty
     assert {"theorem44", "theorem44[expected]", "prop42[expected]"} <= set(coll.bounds["report"])

@@ -4,21 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from bounds.runlog import TABLES
+from bounds.runlog import TABLES, Space
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout
 from lora_dropout.probes.curvature import dense_hessian, lanczos_extremes
 from lora_dropout.probes.gradients import (
-    SPACES,
-    ParamSpace,
     hessian_hvp,
     objective_grad_norm,
     per_sample_grad_norms,
     per_sample_grad_norms_loop,
-    run_probes,
 )
+from lora_dropout.probes.measure import run_probes
+from lora_dropout.probes.space import ParamSpace
 from lora_dropout.tasks.classification import EncodedSplit
 from tests.tiny import VOCAB, tiny_adalora, tiny_lora
 
+SPACES = [s.value for s in Space]  # the plain strings: what callers pass and the table holds
 P = 0.3
 S = 2 * P - P**2
 
@@ -356,7 +356,7 @@ def test_run_probes_table_and_model_left_as_found():
 def test_run_probes_records_lanczos_convergence_and_the_hessian_subset(monkeypatch):
     import functools
 
-    import lora_dropout.probes.gradients as probes
+    import lora_dropout.probes.measure as probes
 
     model, handle = _lora()
     data = _data()

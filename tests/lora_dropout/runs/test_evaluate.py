@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout
-from lora_dropout.tasks.classification import EncodedSplit
 from lora_dropout.runs.evaluate import run_split, sample_frame, summary_rows
+from lora_dropout.tasks.classification import EncodedSplit
 from tests.tiny import tiny_batch, tiny_lora
 
 

@@ -75,7 +75,7 @@ def test_prior_fraction_zero_saves_the_init_and_trains_as_before(assets, tmp_pat
     split = json.loads((run_dir / "prior" / "prior.json").read_text())
     assert split == {"prior_fraction": 0.0, "prior_ids": [],
                      "certifiable_ids": [int(i) for i in prepared.train.sample_ids]}
-    assert run.meta["prior"]["n_prior"] == 0 and run.meta["prior"]["n_certifiable"] == N
+    assert run.meta.prior["n_prior"] == 0 and run.meta.prior["n_certifiable"] == N
     # the run is the code path without a prior: `fit` from the init over all epochs, lr and steps from 0
     fit(model, handle, prepared.train, config.train)
     _assert_same(adapter, adapter_state(model))
@@ -110,11 +110,11 @@ def test_prior_ids_are_the_first_half_of_the_prior_order(half):
     # not simply the first half of the split, nor the first half of epoch 0's visit order
     assert set(split["prior_ids"]) != set(int(i) for i in ids[: N // 2])
     run = validate_run(run_dir)
-    assert run.meta["prior"] == {
+    assert run.meta.prior == {
         "prior_fraction": 0.5, "n_prior": N // 2, "n_certifiable": N - N // 2, "prior_steps": PRIOR_STEPS,
         "posterior_first_step": PRIOR_STEPS, "posterior_first_epoch": EPOCHS, "posterior_epochs": 1,
         "posterior_lr": 1e-3}
-    assert run.meta["seeds"]["prior"] == derive_seed(config.train.seed, "prior")
+    assert run.meta.seeds["prior"] == derive_seed(config.train.seed, "prior")
 
 
 def test_prior_equals_an_independent_training_on_the_prior_examples(half):
@@ -126,7 +126,7 @@ def test_prior_equals_an_independent_training_on_the_prior_examples(half):
     # a run on just the prior examples: same seeds, lr and epochs, same masks and objective
     subset = prepared.train.subset(np.sort(_documented_prior_positions(N, config.train.seed, 0.5)))
     steps = fit(model, handle, subset, config.train)
-    assert steps == validate_run(run_dir).meta["prior"]["prior_steps"]
+    assert steps == validate_run(run_dir).meta.prior["prior_steps"]
     _assert_same(prior, adapter_state(model))
     assert prior.keys() == _tensors(run_dir / "adapter" / "adapter_model.safetensors").keys()
 
@@ -206,14 +206,14 @@ def test_cli_prior_flags_end_to_end(assets, tmp_path, capsys):
     assert main([*args, "--run-id", "cli", "--prior-fraction", "0.25", "--posterior-lr", "2e-3",
                  "--posterior-epochs", "2"]) == 0
     run = validate_run(tmp_path / "cli", require=("samples",))
-    train = run.meta["config"]["train"]
+    train = run.meta.config["train"]
     assert (train["prior_fraction"], train["posterior_lr"], train["posterior_epochs"]) == (0.25, 2e-3, 2)
-    assert (run.meta["prior"]["n_prior"], run.meta["prior"]["n_certifiable"]) == (10, 30)
-    assert run.meta["prior"]["prior_steps"] == 2 and sorted(run.steps.step.unique()) == [2, 7, 12]
+    assert (run.meta.prior["n_prior"], run.meta.prior["n_certifiable"]) == (10, 30)
+    assert run.meta.prior["prior_steps"] == 2 and sorted(run.steps.step.unique()) == [2, 7, 12]
     for name in ("init.safetensors", "prior.safetensors", "prior.json"):
         assert (tmp_path / "cli" / "prior" / name).is_file()
     assert main([*args, "--run-id", "none", "--posterior-lr", "none", "--posterior-epochs", "none"]) == 0
-    assert validate_run(tmp_path / "none").meta["config"]["train"]["posterior_lr"] is None
+    assert validate_run(tmp_path / "none").meta.config["train"]["posterior_lr"] is None
     capsys.readouterr()
     assert main([*args, "--run-id", "bad", "--prior-fraction", "1"]) == 2
     assert "prior_fraction=1" in capsys.readouterr().err

@@ -3,8 +3,8 @@
 import pytest
 
 from bounds.runlog import validate_run
-from lora_dropout.runs.run import train_run
 from lora_dropout.runs.config import RunConfig
+from lora_dropout.runs.run import train_run
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_a_short_run_on_the_default_beats_the_majority_class(tmp_path):
     result = train_run(config, tmp_path, run_id="default", progress=False)
     run = validate_run(result.run_dir)
     test = run.steps[(run.steps.split == "test") & (run.steps.step == run.steps.step.max())]
-    majority = max(run.meta["data"]["label_fractions"]["test"].values())
+    majority = max(run.meta.data["label_fractions"]["test"].values())
     accuracy = test.set_index("predictor")["accuracy"]
     assert accuracy["ensemble"] > majority + 0.08, (accuracy.to_dict(), majority)
     assert accuracy["deterministic"] > majority + 0.08

@@ -15,19 +15,16 @@ from transformers import TrainingArguments
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout, get_lora_dropout
 from lora_dropout.method.objective import n_instance_backward, n_instance_loss
 from lora_dropout.method.trainer import LoraDropoutTrainer
-from lora_dropout.tasks.data import TextSplits
-from lora_dropout.tasks.instruction import (
-    SENTIMENT_INSTRUCTION,
-    ChoiceItem,
+from lora_dropout.tasks.alpaca import (
     Instruction,
     collate_instructions,
     encode_instruction,
     format_prompt,
     load_alpaca,
-    score_choices,
-    score_items,
-    sentiment_instructions,
 )
+from lora_dropout.tasks.choices import ChoiceItem, score_choices, score_items
+from lora_dropout.tasks.instruction import SENTIMENT_INSTRUCTION, sentiment_instructions
+from lora_dropout.tasks.splits import TextSplits
 from tests.tiny import reviews, tiny_causal_lm, tiny_tokenizer
 
 

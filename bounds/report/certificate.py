@@ -1,7 +1,7 @@
 """The PAC-Bayes dropout certificate of a run, as `BoundReport`s (theory.md section 6; the toolkit's own).
 
 Pure arithmetic on ``certificates.parquet`` (written by ``lora-dropout certify RUN_DIR``,
-`lora_dropout.probes.certify`) with `bounds.pacbayes`:
+`lora_dropout.probes.certify`) with `bounds.formulas` (theory.md section 6):
 
 ==============================  =================================================================
 ``pacbayes_dropout``            the Gibbs member's 0-1 error: the smallest certificate over the
@@ -14,7 +14,7 @@ Pure arithmetic on ``certificates.parquet`` (written by ``lora-dropout certify R
                                 ensemble's)
 ==============================  =================================================================
 
-Per grid point (`certificate_table`): ``KL(Q || P)`` recomputed with `bounds.pacbayes.dropout_kl` from the
+Per grid point (`certificate_table`): ``KL(Q || P)`` recomputed with `bounds.formulas.dropout_kl` from the
 measured distances, the Monte Carlo upper value of the empirical Gibbs risk, and the certificate with
 ``delta`` and ``delta_mc`` split over the grid (failure probability ``delta + delta_mc`` for the grid as
 a whole, so the minimum may be reported). The two reports are two uses of the grid: together they fail
@@ -36,35 +36,33 @@ The audit:
 - ``kl_recomputed``: the table's ``kl`` equals ``dropout_kl`` of its distances (the probe's arithmetic);
 - ``measured_below_bound``: the measured test value is at most the bound.
 
-A certificate ``>= 1`` (within `bounds.pacbayes.VACUOUS_TOL`) says nothing and is reported as vacuous.
+A certificate ``>= 1`` (within `bounds.formulas.VACUOUS_TOL`) says nothing and is reported as vacuous.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .estimators import Quantity
-from .pacbayes import certificate, dropout_kl, ensemble_transfer, is_vacuous
-from .report import Assumption, BoundReport
-from .runlog import (
+from ..assumptions import Assumption
+from ..estimators import Quantity
+from ..formulas import certificate, dropout_kl, ensemble_transfer, is_vacuous
+from ..runlog import (
     DEFAULT_POSTERIOR_STD_GRID,
-    SCHEMA_VERSION,
     TABLES,
     MissingTableError,
+    RunLog,
     RunLogError,
-    _check_certificates,
-    _check_table,
+    check_certificates,
+    check_table,
     read_prior_record,
     read_run,
-    write_json,
 )
+from .record import BoundReport
 
 __all__ = [
     "CERTIFICATE_REPORTS",
@@ -73,10 +71,10 @@ __all__ = [
     "certificate_reports",
     "certificate_table",
     "reports_if_certified",
-    "write_certificate_entries",
 ]
 
-#: Names of the reports of this module (the entries ``certify`` writes into bounds.json).
+#: Names of the reports of this module (the entries ``certify`` writes into bounds.json,
+#: `bounds.report.write_certificate_entries`).
 CERTIFICATE_REPORTS = ("pacbayes_dropout", "pacbayes_dropout_ensemble")
 #: Relative tolerance of the ``kl_recomputed`` audit (the probe computes in float64 too).
 KL_RTOL = 1e-9
@@ -106,7 +104,7 @@ def certificate_table(frame: pd.DataFrame, *, delta: float | None = None,
         One row per ``posterior_std`` (ascending): ``posterior_std, kl, kl_factor_term, kl_head_term,
         train_gibbs_error, mc_rhs, gibbs_upper, rhs, certificate, test_gibbs_error, train_gibbs_linear,
         linear_gibbs_upper, linear_certificate, ensemble_zero_one, test_gibbs_linear, vacuous`` (``kl*``
-        recomputed with `bounds.pacbayes.dropout_kl`; ``vacuous`` when the certificate is ``>= 1`` (`is_vacuous`)).
+        recomputed with `bounds.formulas.dropout_kl`; ``vacuous`` when the certificate is ``>= 1`` (`is_vacuous`)).
     """
     f = frame.sort_values("posterior_std").reset_index(drop=True)
     d = float(f["delta"].iloc[0]) if delta is None else delta
@@ -208,14 +206,14 @@ def _kl(frame: pd.DataFrame, table: pd.DataFrame) -> Assumption:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read(run_dir: Path) -> tuple[Any, pd.DataFrame]:
+def _read(run_dir: Path) -> tuple[RunLog, pd.DataFrame]:
     log = read_run(run_dir)
     spec = TABLES["certificates"]
     if not log.has("certificates"):
         raise MissingTableError("certificates", run_dir)
     frame = log.table("certificates")
-    problems = _check_table(spec, frame)
-    problems += [] if problems else _check_certificates(frame)
+    problems = check_table(spec, frame)
+    problems += [] if problems else check_certificates(frame)
     if not len(frame):
         problems.append(f"{spec.filename} has no rows")
     if problems:
@@ -223,9 +221,9 @@ def _read(run_dir: Path) -> tuple[Any, pd.DataFrame]:
     return log, frame
 
 
-def _n_train(log) -> int | None:
+def _n_train(log: RunLog) -> int | None:
     try:
-        return log.n_train
+        return log.meta.n_train
     except RunLogError:
         return None
 
@@ -339,34 +337,3 @@ def reports_if_certified(run_dir: str | Path, posterior_std_grid: Sequence[float
     except (RunLogError, ValueError) as exc:
         run_id = read_run(run_dir).run_id
         return [BoundReport.not_evaluable(name, run_id, THEOREMS[name], str(exc)) for name in CERTIFICATE_REPORTS]
-
-
-def write_certificate_entries(run_dir: str | Path, reports: Sequence[BoundReport],
-                              settings: dict[str, Any]) -> Path:
-    """Put the certificate reports into ``RUN_DIR/bounds.json`` beside the reports already there.
-
-    The document has the shape of `bounds.cli.bounds_document`. An existing, readable bounds.json of the
-    same run keeps its other reports and settings; its certificate entries (`CERTIFICATE_REPORTS`) are
-    replaced and ``settings["certificate"]`` is set to ``settings``. Otherwise a new document holds only
-    these reports. Written atomically (`bounds.runlog.write_json`).
-    """
-    from .cli import bounds_document
-
-    reports = list(reports)
-    target = Path(run_dir) / "bounds.json"
-    document = None
-    if target.is_file():
-        try:
-            document = json.loads(target.read_text())
-        except json.JSONDecodeError:
-            document = None
-        if not (isinstance(document, dict) and document.get("schema_version") == SCHEMA_VERSION
-                and document.get("run_id") == reports[0].run_id and isinstance(document.get("reports"), list)):
-            document = None
-    if document is None:
-        document = bounds_document(reports, {"certificate": settings})
-    else:
-        kept = [r for r in document["reports"] if not (isinstance(r, dict) and r.get("name") in CERTIFICATE_REPORTS)]
-        document["reports"] = kept + [r.to_dict() for r in reports]
-        document["settings"] = {**(document.get("settings") or {}), "certificate": settings}
-    return write_json(target, document)

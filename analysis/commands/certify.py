@@ -1,0 +1,89 @@
+"""``certify``: the PAC-Bayes dropout certificate of a finished run (the toolkit's own, theory.md section 6).
+
+`add_certify(sub)` adds the parser; `cmd_certify(args)` measures, prints and records the certificate, importing
+its heavy dependencies only then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import friendly, positive_int, quiet_libraries
+
+
+def _format_certificates(table, reports) -> str:
+    """One line per posterior_std (KL, empirical Gibbs error, its Monte Carlo upper value, certificate,
+    measured test Gibbs error, ensemble bound), then the best of each report."""
+    lines = [f"  {'posterior_std':>13} {'KL':>11} {'gibbs_err':>9} {'MC upper':>9} {'certificate':>11} "
+             f"{'test_err':>8} {'lin_cert':>8} {'ens_0-1':>7}"]
+    for r in table.itertuples():
+        lines.append(f"  {r.posterior_std:>13.6g} {r.kl:>11.5g} {r.train_gibbs_error:>9.4f} {r.gibbs_upper:>9.4f} "
+                     f"{r.certificate:>11.4f}{'*' if r.vacuous else ' '}{r.test_gibbs_error:>8.4f} "
+                     f"{r.linear_certificate:>8.4f} {r.ensemble_zero_one:>7.4f}")
+    lines.append("  (* vacuous: certificate >= 1)")
+    for report in reports:
+        sigma = {q.name: q.value for q in report.inputs}.get("posterior_std", float("nan"))
+        lines.append(f"best {report.name} [{report.status}]: {report.value:.4f} at posterior_std={sigma:g}; "
+                     f"measured {report.measured_name} = {report.measured:.4f}")
+        failing = [a.name for a in report.assumptions if a.holds is False]
+        if failing:
+            lines.append(f"  audit FAILS: {', '.join(failing)} (see bounds.json)")
+    return "\n".join(lines)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    from bounds.report import certificate_reports, certificate_table, write_certificate_entries
+    from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
+    from bounds.settings import CertificateSettings
+    from lora_dropout.probes.certify import certify_run
+
+    quiet_libraries()
+    grid = tuple(args.posterior_std_grid or DEFAULT_POSTERIOR_STD_GRID)
+    try:
+        result = certify_run(args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws,
+                             delta=args.delta, delta_mc=args.delta_mc, prior=args.prior, batch_size=args.batch_size,
+                             seed=args.seed, device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
+        return 130
+    reports = certificate_reports(args.run_dir, posterior_std_grid=grid)
+    row = result.table.iloc[0]
+    print(f"certify {reports[0].run_id}: prior={result.prior}, n_b={int(row.n_bound)}, k={int(row.draws)}, "
+          f"n_test={int(row.n_test)}, delta={row.delta:g} + delta_mc={row.delta_mc:g} over {len(grid)} "
+          f"posterior_std, {result.passes} passes (grid x k) over the certified and test splits")
+    print(_format_certificates(certificate_table(result.table), reports))
+    settings = CertificateSettings(posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
+                                   delta_mc=args.delta_mc, prior=result.prior, seed=int(row.seed))
+    target = write_certificate_entries(args.run_dir, reports, settings)
+    print(f"wrote {result.path}\nwrote {target}")
+    return 0
+
+
+def add_certify(sub) -> None:
+    """The ``certify`` parser."""
+    cert = sub.add_parser("certify", help="PAC-Bayes dropout certificate of a finished run (toolkit's own)",
+                          description="Measure the PAC-Bayes dropout certificate (theory.md section 6) of a finished "
+                                      "run against its prior (RUN_DIR/prior/): KL and empirical Gibbs errors per "
+                                      "posterior_std, written to certificates.parquet; the certificates go into "
+                                      "bounds.json.")
+    cert.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    cert.add_argument("--posterior-std-grid", type=float, nargs="+", default=None, metavar="SIGMA",
+                      help="posterior_std values, fixed before looking at the data (default: 0.001 0.003 0.01 "
+                           "0.03 0.1)")
+    cert.add_argument("--posterior-draws", type=positive_int, default=4, metavar="K",
+                      help="posterior draws per example (default: 4)")
+    cert.add_argument("--delta", type=float, default=0.05, help="PAC-Bayes failure probability (default: 0.05)")
+    cert.add_argument("--delta-mc", type=float, default=0.01,
+                      help="Monte Carlo failure probability (default: 0.01)")
+    cert.add_argument("--prior", choices=["init", "trained"], default=None,
+                      help="prior mean: the seeded initialisation or the prior trained on the first prior_fraction "
+                           "of the data (default: trained if present, else init)")
+    cert.add_argument("--batch-size", type=positive_int, default=None,
+                      help="examples per forward pass before tiling by K (default: the run's eval batch size)")
+    cert.add_argument("--seed", type=int, default=None,
+                      help="root of the posterior noise (default: the run's mask seed)")
+    cert.add_argument("--device", default=None, help="device (default: the run's)")
+    cert.add_argument("--quiet", action="store_true", help="no progress bar")
+    cert.set_defaults(func=friendly(cmd_certify))

@@ -1,0 +1,86 @@
+"""The squared distances of the posterior mean to the prior mean that enter ``KL(Q || P)`` (theory.md section 6).
+
+``theta`` is what `lora_dropout.probes.posterior.posterior_parameters` names (the LoRA factors and the
+trained head); `factor_and_head_sq_dist` holds it against a prior state and returns the two sums that
+`bounds.formulas.dropout_kl` takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+
+from ..method import peft_seam
+from ..method.apply import get_lora_dropout
+from ..method.objective import unwrap
+from .posterior import posterior_parameters
+
+
+class SqDist(NamedTuple):
+    """The squared distances of theory.md section 6's ``KL(Q || P)``.
+
+    Attributes
+    ----------
+    factor : float
+        ``||A - A_P||^2 + ||B - B_P||^2`` summed over the adapted modules.
+    head : float
+        ``||head - head_P||^2`` (0 when no head is trained).
+    """
+
+    factor: float
+    head: float
+
+
+@torch.no_grad()
+def factor_and_head_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> SqDist:
+    """``(||A - A_P||^2 + ||B - B_P||^2, ||head - head_P||^2)`` for ``KL(Q || P)`` (theory.md section 6).
+
+    Pass the result to `bounds.formulas.dropout_kl` as ``factor_sq_dist`` and ``head_sq_dist``.
+
+    Parameters
+    ----------
+    model : peft model with LoRA Dropout applied
+        Its current parameters are the posterior mean ``theta``.
+    prior_state : mapping of name to tensor
+        The prior mean ``theta_P``, keyed as in the peft model's ``state_dict()``
+        (``...lora_A.default.weight``, ``classifier.modules_to_save.default.weight``) or as in peft's
+        adapter file (``get_peft_model_state_dict``: ``...lora_A.weight``, ``classifier.weight``).
+        Other entries are ignored.
+
+    Returns
+    -------
+    SqDist
+        Sums of squares, accumulated in float64.
+
+    Raises
+    ------
+    KeyError
+        If a factor or head parameter has no entry in ``prior_state`` (the message lists them).
+    ValueError
+        If an entry's shape differs from the parameter's.
+    """
+    inner = unwrap(model)
+    handle = get_lora_dropout(inner)
+    factors, head = posterior_parameters(inner)
+    file_names = peft_seam.adapter_file_names(handle.model)
+    missing = [n for n in (*factors, *head) if n not in prior_state and file_names.get(n) not in prior_state]
+    if missing:
+        raise KeyError(
+            f"prior_state has no entry for {missing} (under either name form); it has {sorted(prior_state)[:8]}..."
+        )
+
+    def sq(params: dict[str, torch.nn.Parameter]) -> float:
+        total = 0.0
+        for name, p in params.items():
+            prior = prior_state[name] if name in prior_state else prior_state[file_names[name]]
+            if tuple(prior.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"prior_state[{name!r}] has shape {tuple(prior.shape)}, the parameter {tuple(p.shape)}"
+                )
+            diff = p.detach().to(torch.float64) - prior.detach().to(device=p.device, dtype=torch.float64)
+            total += float((diff * diff).sum())
+        return total
+
+    return SqDist(factor=sq(factors), head=sq(head))
