@@ -75,7 +75,8 @@ def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
     if need_probes or need_stability:
         probe_run(run_dir, curvature=need_probes, spaces=post.spaces, stability_k=post.stability_k if
                   need_stability else 0, methods=post.stability_methods, lam=post.lam,
-                  probe_examples=post.probe_examples, tol=post.lanczos_tol, progress=progress)
+                  probe_examples=post.probe_examples, lipschitz_examples=post.lipschitz_examples,
+                  tol=post.lanczos_tol, progress=progress)
     if post.certify and not certificates_current(run_dir, post):
         certify_run(run_dir, posterior_std_grid=post.posterior_std_grid, posterior_draws=post.posterior_draws,
                     prior=post.certify_prior, progress=progress)

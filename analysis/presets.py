@@ -116,7 +116,9 @@ PRESETS: dict[str, Preset] = {
         points=({"dropout_rate": 0.0, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 1},
                 {"dropout_rate": 0.3, "n_instances": 2}, {"dropout_rate": 0.3, "n_instances": 4},
                 {"dropout_rate": 0.6, "n_instances": 2}),
-        post=PostTraining(curvature=False, probe_examples=32, lanczos_tol=1e-2,
+        # eta on the first 64 training examples (a labelled subset): per-sample gradients of all 256 in the
+        # delta_w space were the largest single cost of the demo
+        post=PostTraining(curvature=False, probe_examples=32, lipschitz_examples=64, lanczos_tol=1e-2,
                           posterior_std_grid=QUICK_POSTERIOR_STD_GRID, posterior_draws=2, certify_prior="init"),
         # the p panel: curvature probes and the PAC-Bayes dropout certificate (data-free prior, k = 2)
         post_for=(({"dropout_rate": 0.0, "n_instances": 1}, _PANEL),

@@ -57,6 +57,9 @@ class PostTraining:
     stability_k: int = 0
     stability_methods: tuple[str, ...] = ("influence", "warm_start", "retrain")
     probe_examples: int = 128
+    # the first k training examples eta and the stationarity probe use; None = every training example (a
+    # subset is labelled in the report and the assumption audit: eta then bounds only the examples it saw)
+    lipschitz_examples: int | None = None
     lanczos_tol: float = 1e-3
     spaces: tuple[str, ...] = ("delta_w",)
     lam: float = 1.0
@@ -69,6 +72,7 @@ class PostTraining:
         if self.certify_prior not in (None, "init", "trained"):
             raise ValueError(f"certify_prior={self.certify_prior!r} must be None, 'init' or 'trained'")
         check_count_field(self, "posterior_draws")
+        check_count_field(self, "lipschitz_examples", optional=True)
         grid = tuple(float(v) for v in self.posterior_std_grid)
         if not grid or not all(math.isfinite(v) and v > 0 for v in grid) or len(set(grid)) != len(grid):
             raise ValueError(f"posterior_std_grid={list(self.posterior_std_grid)!r} must be distinct numbers > 0")

@@ -81,8 +81,14 @@ def test_ray_executor_gives_the_same_table_as_local(tiny, tmp_path):
 
 def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_path):
     profile = profile_with(make_profile("quick"), **tiny)
+    # eta on a subset of the 32 training examples, as the quick profile does on its 256
+    post = dataclasses.replace(profile.spec.post, lipschitz_examples=12)
+    profile = dataclasses.replace(profile, spec=dataclasses.replace(profile.spec, post=post))
     result = reproduce(profile, tmp_path, progress=False)
     assert not result.failed
+    probes = pd.read_parquet(tmp_path / "runs" / "p0.3-N2-seed0" / "probes.parquet")
+    lipschitz = probes[probes["quantity"].str.startswith("lipschitz_") | (probes["quantity"] == "grad_norm")]
+    assert len(lipschitz) and (lipschitz["n"] == 12).all()
     names = {p.stem for p in result.figures}
     assert names == {"fig5_accuracy_over_p", "fig5_risk_over_p", "fig5_accuracy_over_n", "fig1_loss_curves",
                      "fig4_ablation", "fig3_ece_over_training", "fig3_reliability", "bound_vs_p",
