@@ -7,9 +7,8 @@ focus and description); `make_profile` builds its `Profile` (a `analysis.spec.St
 Profiles
 --------
 quick
-    What ``make demo`` runs: meant for about 15 minutes on a 2-core CPU (about 20-25 measured with the
-    certificate and eta over every training example: to be trimmed). One seed, a small training
-    set, five runs (plain LoRA; p = 0.3 at N = 1, 2, 4; p = 0.6 at N = 2), curvature probes (32
+    What ``make demo`` runs, within its 15-minute budget on a 2-core CPU (design.md): one seed, 192
+    training and 200 test examples, three evaluations per run, five runs (plain LoRA; p = 0.3 at N = 1, 2, 4; p = 0.6 at N = 2), curvature probes (32
     examples, Lanczos to 1e-2) and the PAC-Bayes dropout certificate (data-free prior, posterior_std
     0.01 only, k = 2 draws: forward passes only) on the three runs of the p panel, and
     leave-one-out stability (coupled retraining and warm starts, k = 2) on the main one.
@@ -52,7 +51,7 @@ from .spec import PostTraining, StudySpec
 
 #: The quick profile's posterior_std grid: one point, since a posterior draw of MiniLM costs a few times a
 #: plain forward pass (per-example noise on every LoRA factor) and the demo has a 15-minute budget. The demo
-#: shows the machinery: a data-free prior at n = 256 certifies little (theory.md section 6 measured 0.67 on
+#: shows the machinery: a data-free prior at n = 192 certifies little (theory.md section 6 measured 0.67 on
 #: the whole data set; the `certify` profile is the one meant to be non-vacuous).
 QUICK_POSTERIOR_STD_GRID = (0.01,)
 
@@ -108,15 +107,16 @@ _DENSE = {"eval_every": 6}
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
-        description="quick: 1 seed, n_train 256, 4 epochs, 5 runs (about 20-25 minutes on a 2-core CPU)",
+        description="quick: 1 seed, n_train 192, 4 epochs, 5 runs (about 15 minutes on a 2-core CPU)",
         focus=Focus(0.3, 2),
-        train={"n_train": 256, "n_test": 400, "epochs": 4, "lr": 2e-3, "eval_every": 16, "eval_train_size": 128,
+        # sized to the demo's budget: evaluations (every member on every test example) were 40% of a run
+        train={"n_train": 192, "n_test": 200, "epochs": 4, "lr": 2e-3, "eval_every": 12, "eval_train_size": 64,
                "batch_size": 32},
         lora_dropout={"dropout_rate": 0.3, "n_instances": 2},
         points=({"dropout_rate": 0.0, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 1},
                 {"dropout_rate": 0.3, "n_instances": 2}, {"dropout_rate": 0.3, "n_instances": 4},
                 {"dropout_rate": 0.6, "n_instances": 2}),
-        # eta on the first 64 training examples (a labelled subset): per-sample gradients of all 256 in the
+        # eta on the first 64 training examples (a labelled subset): per-sample gradients of all of them in the
         # delta_w space were the largest single cost of the demo
         post=PostTraining(curvature=False, probe_examples=32, lipschitz_examples=64, lanczos_tol=1e-2,
                           posterior_std_grid=QUICK_POSTERIOR_STD_GRID, posterior_draws=2, certify_prior="init"),

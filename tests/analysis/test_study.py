@@ -81,7 +81,7 @@ def test_ray_executor_gives_the_same_table_as_local(tiny, tmp_path):
 
 def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_path):
     profile = profile_with(make_profile("quick"), **tiny)
-    # eta on a subset of the 32 training examples, as the quick profile does on its 256
+    # eta on a subset of the 32 training examples, as the quick profile does on its 192
     post = dataclasses.replace(profile.spec.post, lipschitz_examples=12)
     profile = dataclasses.replace(profile, spec=dataclasses.replace(profile.spec, post=post))
     result = reproduce(profile, tmp_path, progress=False)
