@@ -17,8 +17,8 @@ full
     {0, 0.1, 0.3, 0.5} at N = 2, N in {1, 2, 4} at p = 0.3, AdaLoRA with and without LoRA Dropout
     (p = 0.3, N = 2), curvature probes on the LoRA p panel, and all three stability estimators on the
     main configuration (seed 0). The two runs drawn in Figures 1 and 3 evaluate every 6 steps (12
-    points per curve). About 70 minutes on 2 CPU cores before the AdaLoRA arms and the denser curves
-    were added; about 100 minutes estimated with them.
+    points per curve). About 70 minutes on 2 CPU cores before the AdaLoRA arms, the denser curves and eta
+    over all training examples were added; several hours with them (the first run alone: 44 minutes).
 lm
     Instruction tuning (the paper's third setting at toy size): the embedded SmolLM2-135M-Instruct
     (converted from its GGUF wheel) on instruction-formatted Rotten Tomatoes examples, response-only
@@ -128,7 +128,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "full": Preset(
         description=("full: 3 seeds, n_train 500, p and N grids, AdaLoRA with and without LoRA Dropout, probes on "
-                     "the p panel (about 100 minutes on 2 CPU cores)"),
+                     "the p panel (several hours on 2 CPU cores)"),
         focus=Focus(0.3, 2),
         train={"n_train": 500, "n_test": 600, "epochs": 4, "lr": 2e-3, "eval_every": 32, "eval_train_size": 300},
         lora_dropout={"dropout_rate": 0.3, "n_instances": 2},
