@@ -16,7 +16,9 @@ timing):
     (rebuilding the run, parquet) and the posterior sampling alone, on the certified split and on both;
 (c) per draw batch: `lora_dropout.probes.posterior.posterior_logits` (``k`` draws, per-example Gaussian
     perturbation) over `lora_dropout.method.ensemble.predict` with ``k`` members, on the same batch, alternated in
-    rounds (ratio of medians): what the per-example perturbation (noise and per-row matmuls) costs.
+    rounds (ratio of medians): what the per-example perturbation (noise and per-row matmuls) costs; and
+    `lora_dropout.probes.posterior.posterior_logits_over_grid` (what certify calls: masks and noise drawn once for
+    the grid) over one `posterior_logits` call per grid point.
 
     python benchmarks/certify_cost.py [--n-train 32] [--draws 4] [--prior-fraction 0.5] [--json out.json]
 """
@@ -40,7 +42,7 @@ import lora_dropout.probes.certify as certify_mod
 from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
 from lora_dropout.method.ensemble import predict
 from lora_dropout.method.objective import instance_chunks
-from lora_dropout.probes.posterior import posterior_logits
+from lora_dropout.probes.posterior import posterior_logits, posterior_logits_over_grid
 from lora_dropout.runs.config import RunConfig
 from lora_dropout.runs.run import train_run
 from lora_dropout.runs.train import build_model, fit, prepare, steps_per_epoch
@@ -170,6 +172,9 @@ def main(argv=None):
     perturbed = lambda: posterior_logits(model, batch, posterior_std=args.sigma, draws=k)  # noqa: E731
     ensemble = lambda: predict(model, batch, mode="ensemble", n_instances=k)  # noqa: E731
     per_batch, post_s, ens_s = side_by_side(perturbed, ensemble, args.rounds, reps=1)
+    over_grid = lambda: posterior_logits_over_grid(model, batch, posterior_stds=grid, draws=k)  # noqa: E731
+    one_by_one = lambda: [posterior_logits(model, batch, posterior_std=s, draws=k) for s in grid]  # noqa: E731
+    grid_ratio, _, _ = side_by_side(over_grid, one_by_one, args.rounds, reps=1)
 
     def met(ok):
         return "met" if ok else "not met"
@@ -193,6 +198,8 @@ def main(argv=None):
          f"ratio (certified + {n_te} test examples)", "-"),
         (f"posterior_logits / ensemble predict, {k} draws, batch {batch['input_ids'].shape[0]}",
          f"{per_batch:.3g}", f"ratio of medians, sigma {args.sigma:g}, {args.rounds} rounds", "-"),
+        (f"whole grid in one call / one call per posterior_std ({len(grid)} of them), same batch",
+         f"{grid_ratio:.3g}", "< 1: the masks and noise are drawn once for the grid", met(grid_ratio < 1)),
     ]
 
     machine = (f"{platform.platform()} {platform.machine()}, {torch.get_num_threads()} threads, "

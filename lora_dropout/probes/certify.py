@@ -16,7 +16,8 @@ of a grid fixed in advance, measures what the certificate needs:
 It writes ``certificates.parquet`` (one row per ``posterior_std``, columns documented in
 `bounds.runlog.TABLES`); the certificate itself is pure arithmetic on that table, done on the theory side
 (`bounds.report.certificate`). Cost: ``grid size x k`` posterior draws of every certified and every test
-example, recorded in the ``passes`` column.
+example, recorded in the ``passes`` column; the masks and Gaussian noise of a batch are drawn once for the whole
+grid (`lora_dropout.probes.posterior.posterior_logits_over_grid`).
 
 Which examples are certified: with the data-free ``init`` prior (the seeded initialisation, which saw no
 example) all ``n`` training examples; with the ``trained`` prior only prior/prior.json's
@@ -46,7 +47,7 @@ from bounds.runlog import (
 from ..method.validation import check_count
 from ..runs.run import load_run
 from ..runs.writer import write_table
-from .posterior import posterior_logits
+from .posterior import posterior_logits_over_grid
 from .prior_distance import factor_and_head_sq_dist
 
 #: Default ``k``: posterior draws per example.
@@ -180,24 +181,30 @@ def _load_prior_state(path: Path, device: torch.device) -> dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def gibbs_risks(model: torch.nn.Module, data, *, posterior_std: float, draws: int, batch_size: int,
-                seed: int | None = None, device: torch.device | str = "cpu", on_batch=None) -> tuple[float, float]:
-    """``(0-1 risk, linear risk)`` of the Gibbs member on ``data``: means over every example and draw.
+def gibbs_risks(model: torch.nn.Module, data, *, posterior_stds: Sequence[float], draws: int, batch_size: int,
+                seed: int | None = None, device: torch.device | str = "cpu", on_batch=None
+                ) -> list[tuple[float, float]]:
+    """``(0-1 risk, linear risk)`` of the Gibbs member on ``data`` at each ``posterior_std``: means over every
+    example and draw.
 
-    Each of ``draws`` draws per example has its own masks and noise (`posterior_logits`); the 0-1 loss is
-    ``argmax != label``, the linear loss ``1 - prob_label``. Sums are accumulated in float64.
+    Each of ``draws`` draws per example has its own masks and noise (`posterior_logits_over_grid`, which
+    draws them once per batch for the whole grid); the 0-1 loss is ``argmax != label``, the linear loss
+    ``1 - prob_label``. Sums are accumulated in float64.
     """
-    errors = linear = 0.0
+    errors = [0.0] * len(posterior_stds)
+    linear = [0.0] * len(posterior_stds)
     for batch in data.batches(batch_size, device=device):
-        logits = posterior_logits(model, batch, posterior_std=posterior_std, draws=draws, seed=seed)  # (k, B, C)
+        grid_logits = posterior_logits_over_grid(model, batch, posterior_stds=posterior_stds, draws=draws,
+                                                 seed=seed)  # (G, k, B, C)
         labels = batch["labels"].expand(draws, -1)  # (k, B)
-        errors += float((logits.argmax(-1) != labels).sum())
-        prob = logits.double().softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (k, B)
-        linear += float((1.0 - prob).sum())
+        for g, logits in enumerate(grid_logits):
+            errors[g] += float((logits.argmax(-1) != labels).sum())
+            prob = logits.double().softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (k, B)
+            linear[g] += float((1.0 - prob).sum())
         if on_batch is not None:
             on_batch()
     total = len(data) * draws
-    return errors / total, linear / total
+    return [(e / total, lin / total) for e, lin in zip(errors, linear, strict=True)]
 
 
 def certify_run(
@@ -278,25 +285,24 @@ def certify_run(
     k = posterior_draws
     n_batches = math.ceil(len(certified) / bs) + math.ceil(len(test) / bs)
     passes = len(grid) * k
-    rows = []
-    with tqdm(total=len(grid) * n_batches, desc=f"certify {run_dir.name}", unit="batch", disable=not progress,
+    with tqdm(total=n_batches, desc=f"certify {run_dir.name}", unit="batch", disable=not progress,
               leave=False) as bar:
-        for sigma in grid:
-            bar.set_postfix(posterior_std=f"{sigma:g}", refresh=False)
-            risks = {split: gibbs_risks(model, data, posterior_std=sigma, draws=k, batch_size=bs, seed=seed,
-                                        device=dev, on_batch=lambda: bar.update(1))
-                     for split, data in (("train", certified), ("test", test))}
-            two_var = 2.0 * sigma**2  # KL(Q || P) bound of theory.md section 6 (bounds.formulas.dropout_kl)
-            factor_term, head_term = (1.0 - p) * dist.factor / two_var, dist.head / two_var
-            rows.append({
-                "posterior_std": sigma, "p": p, "n_bound": len(certified), "n_test": len(test), "draws": k,
-                "factor_sq_dist": dist.factor, "head_sq_dist": dist.head, "kl_factor_term": factor_term,
-                "kl_head_term": head_term, "kl": factor_term + head_term,
-                "train_gibbs_error": risks["train"][0], "train_gibbs_linear": risks["train"][1],
-                "test_gibbs_error": risks["test"][0], "test_gibbs_linear": risks["test"][1],
-                "prior": kind, "grid_size": len(grid), "delta": delta, "delta_mc": delta_mc, "seed": seed,
-                "passes": passes,
-            })
+        risks = {split: gibbs_risks(model, data, posterior_stds=grid, draws=k, batch_size=bs, seed=seed, device=dev,
+                                    on_batch=lambda: bar.update(1))
+                 for split, data in (("train", certified), ("test", test))}
+    rows = []
+    for g, sigma in enumerate(grid):
+        two_var = 2.0 * sigma**2  # KL(Q || P) bound of theory.md section 6 (bounds.formulas.dropout_kl)
+        factor_term, head_term = (1.0 - p) * dist.factor / two_var, dist.head / two_var
+        rows.append({
+            "posterior_std": sigma, "p": p, "n_bound": len(certified), "n_test": len(test), "draws": k,
+            "factor_sq_dist": dist.factor, "head_sq_dist": dist.head, "kl_factor_term": factor_term,
+            "kl_head_term": head_term, "kl": factor_term + head_term,
+            "train_gibbs_error": risks["train"][g][0], "train_gibbs_linear": risks["train"][g][1],
+            "test_gibbs_error": risks["test"][g][0], "test_gibbs_linear": risks["test"][g][1],
+            "prior": kind, "grid_size": len(grid), "delta": delta, "delta_mc": delta_mc, "seed": seed,
+            "passes": passes,
+        })
     table = pd.DataFrame(rows)
     path = write_table(run_dir, "certificates", table)
     return CertifyResult(path, table, kind, ids, passes)

@@ -184,6 +184,66 @@ def _head_hook(eps: dict[str, torch.Tensor], where: str):
     return hook
 
 
+@dataclass(frozen=True)
+class _Draws:
+    """What posterior draws of one batch share whatever ``posterior_std`` is: the targets, the standard normals
+    ``z`` of every perturbed parameter (rows ``d * B + b``, float64) and the masks. ``eps = posterior_std * z``,
+    so a ``posterior_std`` grid reuses them (the noise was about 40% of a draw's cost, benchmarks/certify_cost.py)."""
+
+    targets: list[_Target]
+    normals: dict[str, torch.Tensor]
+    masks: MaskSet
+    rows: int
+
+
+def _draws(model: torch.nn.Module, keys, *, draws: int, first_draw: int, seed: int | None) -> _Draws:
+    handle = get_lora_dropout(unwrap(model))
+    check_count("draws", draws)
+    check_count("first_draw", first_draw, minimum=0)
+    seed = handle.config.seed if seed is None else seed
+    check_count("seed", seed, minimum=0)
+    targets = _targets(handle)
+    reference = handle.sites[0].factors()[0]
+    keys = torch.as_tensor(keys, dtype=torch.int64, device=reference.device).reshape(-1)
+    rows = draws * keys.shape[0]
+    normals = {
+        name: posterior_noise(name, p.shape, keys=keys, draws=draws, first_draw=first_draw, posterior_std=1.0,
+                              seed=seed, dtype=torch.float64, device=p.device).reshape(rows, *p.shape)
+        for target in targets for name, (_, p) in target.params.items()
+    }  # draw-major rows d * B + b; z * 1.0 == z, so z * sigma below is posterior_noise(..., sigma) exactly
+    masks = posterior_masks(handle, keys, draws=draws, first_draw=first_draw, dtype=reference.dtype)
+    return _Draws(targets, normals, masks, rows)
+
+
+@contextlib.contextmanager
+def _perturbed(model: torch.nn.Module, shared: _Draws, sigma: float) -> Iterator[int]:
+    """Inside the block the model runs the draws of ``shared`` at ``posterior_std = sigma`` (eval mode)."""
+    inner = unwrap(model)
+    handle = get_lora_dropout(inner)
+
+    def eps(name: str, p: torch.Tensor) -> torch.Tensor:
+        return (shared.normals[name] * sigma).to(p.dtype)
+
+    hooks = []
+    was_training = inner.training
+    try:
+        for target in shared.targets:
+            if target.role == "head":
+                head_eps = {local: eps(name, p) for name, (local, p) in target.params.items()}
+                hook = _head_hook(head_eps, next(iter(target.params)))
+                hooks.append(target.module.register_forward_hook(hook, with_kwargs=True))
+            else:
+                ((name, (_, p)),) = target.params.items()
+                hooks.append(target.module.register_forward_hook(_factor_hook(eps(name, p), name)))
+        inner.eval()
+        with handle.use(shared.masks):
+            yield shared.rows
+    finally:
+        for hook in hooks:
+            hook.remove()
+        inner.train(was_training)
+
+
 @contextlib.contextmanager
 def posterior_sampling(
     model: torch.nn.Module,
@@ -226,52 +286,9 @@ def posterior_sampling(
     ValueError
         For AdaLoRA or ``lora_bias`` adapters, stray trainable parameters, or a bad argument.
     """
-    inner = unwrap(model)
-    handle = get_lora_dropout(inner)
     sigma = check_posterior_std(posterior_std)
-    check_count("draws", draws)
-    check_count("first_draw", first_draw, minimum=0)
-    seed = handle.config.seed if seed is None else seed
-    check_count("seed", seed, minimum=0)
-    targets = _targets(handle)
-    reference = handle.sites[0].factors()[0]
-    keys = torch.as_tensor(keys, dtype=torch.int64, device=reference.device).reshape(-1)
-    rows = draws * keys.shape[0]
-
-    def noise(name: str, param: torch.Tensor) -> torch.Tensor:
-        eps = posterior_noise(
-            name,
-            param.shape,
-            keys=keys,
-            draws=draws,
-            first_draw=first_draw,
-            posterior_std=sigma,
-            seed=seed,
-            dtype=param.dtype,
-            device=param.device,
-        )
-        return eps.reshape(rows, *param.shape)  # draw-major rows d * B + b
-
-    hooks = []
-    was_training = inner.training
-    try:
-        for target in targets:
-            if target.role == "head":
-                eps = {local: noise(name, p) for name, (local, p) in target.params.items()}
-                hook = _head_hook(eps, next(iter(target.params)))
-                hooks.append(target.module.register_forward_hook(hook, with_kwargs=True))
-            else:
-                ((name, (_, p)),) = target.params.items()
-                hooks.append(target.module.register_forward_hook(_factor_hook(noise(name, p), name)))
-        inner.eval()
-        with handle.use(
-            posterior_masks(handle, keys, draws=draws, first_draw=first_draw, dtype=reference.dtype)
-        ):
-            yield rows
-    finally:
-        for hook in hooks:
-            hook.remove()
-        inner.train(was_training)
+    with _perturbed(model, _draws(model, keys, draws=draws, first_draw=first_draw, seed=seed), sigma) as rows:
+        yield rows
 
 
 @torch.no_grad()
@@ -316,6 +333,35 @@ def posterior_logits(
     -------
     Tensor, shape ``(draws, B, C)`` (``(draws, B, T, V)`` for a causal LM)
     """
+    return posterior_logits_over_grid(model, batch, posterior_stds=(posterior_std,), draws=draws, seed=seed,
+                                      first_draw=first_draw, max_draws_per_forward=max_draws_per_forward,
+                                      labels_key=labels_key)[0]
+
+
+@torch.no_grad()
+def posterior_logits_over_grid(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    *,
+    posterior_stds: Sequence[float],
+    draws: int,
+    seed: int | None = None,
+    first_draw: int = 0,
+    max_draws_per_forward: int | None = None,
+    labels_key: str = "labels",
+) -> torch.Tensor:
+    """`posterior_logits` at every ``posterior_std`` of a grid: ``out[g]`` is
+    ``posterior_logits(..., posterior_std=posterior_stds[g])`` exactly.
+
+    The draws of one example at different ``posterior_std`` share their masks and standard normals ``z``
+    (``eps = posterior_std * z``, theory.md section 6); each is still a valid Monte Carlo draw of its own
+    posterior (the certificate's union bound over the grid needs no independence across it). The masks and
+    ``z`` are computed once per chunk of draws instead of once per grid point.
+
+    Returns
+    -------
+    Tensor, shape ``(len(posterior_stds), draws, B, C)``
+    """
     inner = unwrap(model)
     handle = get_lora_dropout(inner)
     if KEY_FIELD not in batch:
@@ -323,16 +369,20 @@ def posterior_logits(
             f"posterior draws are keyed by the examples' {KEY_FIELD!r} (so they do not depend on the batch); "
             f"the batch has only {sorted(batch)}"
         )
+    sigmas = [check_posterior_std(s) for s in posterior_stds]
+    if not sigmas:
+        raise ValueError("posterior_stds is empty: give at least one posterior_std")
     check_count("draws", draws)
     keys = torch.as_tensor(batch[KEY_FIELD]).reshape(-1)
     inputs = {k: v for k, v in batch.items() if k not in (labels_key, KEY_FIELD)}
     b = keys.shape[0]
     cap = max_draws_per_forward or handle.config.max_instances_per_forward
-    chunks = []
+    chunks: list[list[torch.Tensor]] = [[] for _ in sigmas]
     for start, count in instance_chunks(draws, cap):
-        with posterior_sampling(
-            model, keys, posterior_std=posterior_std, draws=count, first_draw=first_draw + start, seed=seed
-        ):
-            logits = logits_of(model(**tile(inputs, count, b)))
-        chunks.append(logits.reshape(count, b, *logits.shape[1:]))
-    return torch.cat(chunks, dim=0)
+        shared = _draws(model, keys, draws=count, first_draw=first_draw + start, seed=seed)
+        tiled = tile(inputs, count, b)
+        for into, sigma in zip(chunks, sigmas, strict=True):
+            with _perturbed(model, shared, sigma):
+                logits = logits_of(model(**tiled))
+            into.append(logits.reshape(count, b, *logits.shape[1:]))
+    return torch.stack([torch.cat(c, dim=0) for c in chunks])

@@ -16,6 +16,7 @@ from lora_dropout import LoraDropoutConfig, apply_lora_dropout, get_lora_dropout
 from lora_dropout.probes.noise import posterior_noise, standard_normal
 from lora_dropout.probes.posterior import (
     posterior_logits,
+    posterior_logits_over_grid,
     posterior_masks,
     posterior_parameters,
     posterior_sampling,
@@ -153,6 +154,25 @@ def test_draws_do_not_depend_on_batch_order_size_or_chunking():
     a = posterior_noise(name, (4, 16), keys=[5, 6, 7], draws=2, posterior_std=1.0, seed=0)
     b = posterior_noise(name, (4, 16), keys=[7], draws=2, posterior_std=1.0, seed=0)
     assert torch.equal(a[:, 2], b[:, 0])
+
+
+def test_a_grid_of_stds_equals_one_call_per_std_and_draws_the_noise_once_per_chunk(monkeypatch):
+    import lora_dropout.probes.noise as noise_mod
+
+    model, batch = _model(), _batch()
+    grid = (0.0, 0.05, 0.2)
+    calls = []
+    original = noise_mod.standard_normal
+    monkeypatch.setattr(noise_mod, "standard_normal", lambda rows, n: calls.append(n) or original(rows, n))
+    got = posterior_logits_over_grid(model, batch, posterior_stds=grid, draws=4, seed=2, max_draws_per_forward=3)
+    n_params = len(calls)
+    assert n_params == 2 * sum(len(group) for group in posterior_parameters(model))  # 2 chunks, each once
+    assert got.shape == (3, 4, len(SIDS), 3)
+    for g, sigma in enumerate(grid):  # bit for bit: eps = sigma * z from the same z
+        assert torch.equal(got[g], posterior_logits(model, batch, posterior_std=sigma, draws=4, seed=2))
+    assert not torch.allclose(got[1], got[2])  # the std matters
+    with pytest.raises(ValueError, match="posterior_stds is empty"):
+        posterior_logits_over_grid(model, batch, posterior_stds=(), draws=2)
 
 
 def test_draws_seeds_examples_and_parameters_get_different_noise():
