@@ -34,7 +34,12 @@ def _format_certificates(table, reports) -> str:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from bounds.report import certificate_reports, certificate_table, write_certificate_entries
+    from bounds.report import (
+        certificate_reports,
+        certificate_table,
+        learned_certificate_reports,
+        write_certificate_entries,
+    )
     from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
     from bounds.settings import CertificateSettings
     from lora_dropout.probes.certify import certify_run
@@ -56,9 +61,36 @@ def cmd_certify(args: argparse.Namespace) -> int:
     print(_format_certificates(certificate_table(result.table), reports))
     settings = CertificateSettings(posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
                                    delta_mc=args.delta_mc, prior=result.prior, seed=int(row.seed))
+    written = [result.path]
+    if args.learn_posterior:
+        try:
+            written += _learn(args, grid, result.prior)
+        except KeyboardInterrupt:
+            print("\ninterrupted: the grid certificate was written; the learned posterior was not",
+                  file=sys.stderr)
+            return 130
+        reports = reports + learned_certificate_reports(args.run_dir, prior_std_grid=grid)
+        best = reports[-1]
+        sp = {q.name: q.value for q in best.inputs}["prior_std"]
+        print(f"best {best.name} [{best.status}]: {best.value:.4f} at prior_std={sp:g}; measured "
+              f"{best.measured_name} = {best.measured:.4f}")
     target = write_certificate_entries(args.run_dir, reports, settings)
-    print(f"wrote {result.path}\nwrote {target}")
+    print("\n".join(f"wrote {path}" for path in [*written, target]))
     return 0
+
+
+def _learn(args: argparse.Namespace, grid: tuple[float, ...], prior: str) -> list[Path]:
+    """Learn the posterior's mean and per-tensor stds by minimising the bound, then certify it."""
+    from lora_dropout.probes.learned import LearnSettings, certify_learned, learn_posterior
+
+    settings = LearnSettings(epochs=args.learn_epochs, lr=args.learn_lr, std_lr=args.learn_std_lr,
+                             batch_size=args.batch_size)
+    learned = learn_posterior(args.run_dir, prior_std_grid=grid, settings=settings, delta=args.delta, prior=prior,
+                              device=args.device, progress=not args.quiet)
+    print(f"learned posterior: bound objective per epoch {[round(v, 4) for v in learned.record['objective']]}")
+    certify_learned(args.run_dir, posterior_draws=args.posterior_draws, delta_mc=args.delta_mc,
+                    batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    return [learned.directory, args.run_dir / "learned_certificates.parquet"]
 
 
 def add_certify(sub) -> None:
@@ -85,5 +117,13 @@ def add_certify(sub) -> None:
     cert.add_argument("--seed", type=int, default=None,
                       help="root of the posterior noise (default: the run's mask seed)")
     cert.add_argument("--device", default=None, help="device (default: the run's)")
+    cert.add_argument("--learn-posterior", action="store_true",
+                      help="also learn the posterior's mean and one std per tensor by minimising the bound over the "
+                           "grid (prior_std) and certify it: posterior/, learned_certificates.parquet")
+    cert.add_argument("--learn-epochs", type=positive_int, default=1, help="epochs of that learning (default: 1)")
+    cert.add_argument("--learn-lr", type=float, default=1e-4,
+                      help="Adam learning rate of the learned mean (default: 1e-4)")
+    cert.add_argument("--learn-std-lr", type=float, default=0.05,
+                      help="Adam learning rate of the log stds (default: 0.05)")
     cert.add_argument("--quiet", action="store_true", help="no progress bar")
     cert.set_defaults(func=friendly(cmd_certify))

@@ -22,7 +22,7 @@ Names follow design.md section 2: ``p`` is ``dropout_rate``, ``n`` is ``n_train`
 ``stability``.
 """
 
-from .dropout_kl import DropoutKL, dropout_kl
+from .dropout_kl import DropoutKL, LearnedKL, dropout_kl, learned_dropout_kl
 from .ensemble import (
     EnsembleCertificate,
     ensemble_risk_bound,
@@ -63,6 +63,7 @@ __all__ = [
     "EnsembleCertificate",
     "Estimate",
     "GibbsLoss",
+    "LearnedKL",
     "Lemma43Form",
     "PacBayesCertificate",
     "bernoulli_kl",
@@ -75,6 +76,7 @@ __all__ = [
     "grid_delta",
     "is_vacuous",
     "kl_inv_upper",
+    "learned_dropout_kl",
     "lam_needed",
     "lemma43_bound",
     "monte_carlo_upper",

@@ -81,7 +81,7 @@ def write_certificate_entries(run_dir: str | Path, reports: Sequence[BoundReport
     """Put the certificate reports into ``RUN_DIR/bounds.json`` beside the reports already there.
 
     An existing, readable bounds.json of the same run keeps its other reports and settings; its certificate
-    entries (`CERTIFICATE_REPORTS`) are replaced and ``settings["certificate"]`` is set to ``settings``.
+    entries (`CERTIFICATE_REPORTS` and any of the names in ``reports``) are replaced and ``settings["certificate"]`` is set to ``settings``.
     Otherwise a new document holds only these reports, and only the certificate's settings.
     """
     reports = list(reports)
@@ -91,7 +91,8 @@ def write_certificate_entries(run_dir: str | Path, reports: Sequence[BoundReport
     if document is None:
         document = bounds_document(reports, {"certificate": record})
     else:
-        kept = [r for r in document["reports"] if not (isinstance(r, dict) and r.get("name") in CERTIFICATE_REPORTS)]
+        replaced = set(CERTIFICATE_REPORTS) | {r.name for r in reports}
+        kept = [r for r in document["reports"] if not (isinstance(r, dict) and r.get("name") in replaced)]
         document["reports"] = kept + [r.to_dict() for r in reports]
         document["settings"] = {**(document.get("settings") or {}), "certificate": record}
     return write_json(target, document)

@@ -15,6 +15,7 @@ from ..runlog import Hypothesis, RunLogError
 from ..settings import BoundSettings
 from . import builders
 from .certificate import reports_if_certified
+from .learned import reports_if_learned
 from .record import BoundReport
 
 __all__ = ["evaluate_run"]
@@ -61,7 +62,8 @@ def evaluate_run(run_dir: str | Path, settings: BoundSettings | None = None) -> 
         not-evaluable report naming the command that produces it. When the run has
         ``certificates.parquet``, also the toolkit's own PAC-Bayes dropout certificate
         (`bounds.report.certificate`): ``pacbayes_dropout`` and ``pacbayes_dropout_ensemble``, after the
-        unmasked model's reports.
+        unmasked model's reports; with ``learned_certificates.parquet``, ``pacbayes_dropout_learned``
+        (`bounds.report.learned`).
 
     Raises
     ------
@@ -77,4 +79,5 @@ def evaluate_run(run_dir: str | Path, settings: BoundSettings | None = None) -> 
         reports += _hypothesis_reports(run_dir, settings, hypothesis)
         if hypothesis is Hypothesis.UNMASKED:  # the certificate does not depend on the hypothesis
             reports += reports_if_certified(run_dir, settings.posterior_std_grid)
+            reports += reports_if_learned(run_dir, settings.posterior_std_grid)
     return reports

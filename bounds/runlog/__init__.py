@@ -11,9 +11,11 @@ A run directory holds
 ``probes.parquet``     curvature and Lipschitz measurements
 ``stability.parquet``  leave-one-out pairs (measured stability)
 ``certificates.parquet``  PAC-Bayes dropout certificate measurements, one row per posterior_std
+``learned_certificates.parquet``  the same for a learned posterior, one row per prior_std
 ``adapter/``           peft adapter + LoRA Dropout config (reloadable)
 ``prior/``             PAC-Bayes prior: initial parameters, trained prior mean, prior/certifiable ids
                        (`PRIOR_FILES`)
+``posterior/``         a posterior learned by minimising the certificate (`LEARNED_FILES`)
 ``bounds.json``        the bound reports (written by ``lora-dropout bounds``)
 =====================  =====================================================================
 
@@ -40,8 +42,10 @@ from .errors import MissingTableError, RunLogError
 from .io import (
     RunLog,
     check_certificates,
+    check_learned_certificates,
     check_table,
     jsonable,
+    read_learned_record,
     read_prior_record,
     read_run,
     read_steps,
@@ -55,6 +59,8 @@ from .schema import (
     DEFAULT_POSTERIOR_STD_GRID,
     META_FIELDS,
     PARAM_DISTANCE_SPACE,
+    LEARNED_DIR,
+    LEARNED_FILES,
     PRIOR_DIR,
     PRIOR_FILES,
     REQUIRED_META,
@@ -68,6 +74,8 @@ __all__ = [
     "DEFAULT_POSTERIOR_STD_GRID",
     "META_FIELDS",
     "PARAM_DISTANCE_SPACE",
+    "LEARNED_DIR",
+    "LEARNED_FILES",
     "PRIOR_DIR",
     "PRIOR_FILES",
     "REQUIRED_META",
@@ -88,9 +96,11 @@ __all__ = [
     "Status",
     "Table",
     "check_certificates",
+    "check_learned_certificates",
     "check_table",
     "jsonable",
     "read_meta",
+    "read_learned_record",
     "read_prior_record",
     "read_run",
     "read_run_meta",

@@ -23,7 +23,7 @@ import pandas as pd
 from .enums import Predictor, Split, Status
 from .errors import MissingTableError, RunLogError
 from .meta import RunMeta, meta_problems, read_json_object, read_meta
-from .schema import PRIOR_DIR, TABLES, Table
+from .schema import LEARNED_DIR, PRIOR_DIR, TABLES, Table
 
 
 @dataclass
@@ -165,6 +165,56 @@ def check_certificates(frame: pd.DataFrame) -> list[str]:
     return problems
 
 
+def read_learned_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN_DIR/posterior/learned.json`` (`LEARNED_FILES`) checked, or None when the run has none.
+
+    Raises
+    ------
+    RunLogError
+        When the file is not valid JSON, lacks a field, or a tensor's entry is out of range.
+    """
+    path = Path(run_dir) / LEARNED_DIR / "learned.json"
+    if not path.is_file():
+        return None
+    record = read_json_object(path)
+    missing = [k for k in ("prior", "prior_std_grid", "tensors", "first_draw", "draws_used", "n_bound")
+               if k not in record]
+    if missing:
+        raise RunLogError(f"{path} lacks field(s) {missing}")
+    tensors = record["tensors"]
+    if not isinstance(tensors, dict) or not tensors:
+        raise RunLogError(f"{path}: tensors must be a non-empty object")
+    for name, t in tensors.items():
+        ok = (isinstance(t, dict) and all(isinstance(t.get(k), (int, float)) and not isinstance(t.get(k), bool)
+                                          for k in ("posterior_std", "count", "weight", "sq_dist"))
+              and t["posterior_std"] > 0 and t["count"] >= 1 and 0 <= t["weight"] <= 1 and t["sq_dist"] >= 0)
+        if not ok:
+            raise RunLogError(f"{path}: tensors[{name!r}] must hold posterior_std > 0, count >= 1, weight in [0, 1] "
+                              f"and sq_dist >= 0, got {t!r}")
+    return record
+
+
+def check_learned_certificates(frame: pd.DataFrame) -> list[str]:
+    """Ranges of learned_certificates.parquet: risks in [0, 1], one prior, grid, delta and seed for the table."""
+    name = TABLES["learned_certificates"].filename
+    problems = []
+    for col in ("train_gibbs_error", "train_gibbs_linear", "test_gibbs_error", "test_gibbs_linear", "p"):
+        bad = ~frame[col].between(0.0, 1.0)
+        if bad.any():
+            problems.append(f"{name}: column {col} must lie in [0, 1], got {frame.loc[bad, col].iloc[0]!r}")
+    for col in ("prior_std", "n_bound", "draws", "grid_size"):
+        if not (frame[col] > 0).all():
+            problems.append(f"{name}: column {col} must be > 0")
+    for col in ("prior", "grid_size", "delta", "delta_mc", "draws", "seed", "p", "n_bound", "train_gibbs_error",
+                "test_gibbs_error"):
+        if frame[col].nunique() > 1:
+            problems.append(f"{name}: column {col} must be one value for the whole grid, got "
+                            f"{sorted(frame[col].unique().tolist())}")
+    if len(frame) and int(frame["grid_size"].iloc[0]) != len(frame):
+        problems.append(f"{name}: grid_size {int(frame['grid_size'].iloc[0])} but {len(frame)} rows")
+    return problems
+
+
 def read_prior_record(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN_DIR/prior/prior.json`` (`PRIOR_FILES`) checked, or None when the run has none.
 
@@ -230,6 +280,8 @@ def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
         problems += check_table(spec, frame)
         if name == "certificates" and not any(p.startswith(spec.filename) for p in problems):
             problems += check_certificates(frame)
+        if name == "learned_certificates" and not any(p.startswith(spec.filename) for p in problems):
+            problems += check_learned_certificates(frame)
     if problems:
         raise RunLogError(f"run {run_dir} is invalid:\n  - " + "\n  - ".join(problems))
     return RunLog(run_dir, RunMeta.from_dict(meta, source=run_dir / "meta.json"), steps, tables)

@@ -59,6 +59,18 @@ PRIOR_FILES = {
                   "prior_ids [] and certifiable_ids every training id",
 }
 
+#: A posterior learned by minimising the certificate (``lora-dropout certify --learn-posterior``,
+#: `lora_dropout.probes.learned`); tensor names are those of the prior files.
+LEARNED_DIR = "posterior"
+LEARNED_FILES = {
+    "learned.safetensors": "the learned posterior mean mu of every perturbed tensor (LoRA factors and head)",
+    "learned.json": '{"prior": "init"|"trained", "prior_std_grid": [...], "tensors": {name: {"posterior_std": '
+                    'sigma_g, "count": n_g, "weight": w_g (1 - p for a LoRA factor, 1 for the head), "sq_dist": '
+                    "||mu_g - theta_P,g||^2}}, \"first_draw\": the first noise draw index learning used (the "
+                    "certificate's Monte Carlo draws 0 .. k-1 lie below it), \"draws_used\": how many, "
+                    '"n_bound", "settings", "objective" per epoch}',
+}
+
 #: Default grid of ``posterior_std`` of ``lora-dropout certify``: fixed in advance, before any data is
 #: seen, so the union bound over it is valid; a run's certificates are checked against it (or against a
 #: grid given as an option), never against a grid chosen from the run's own numbers.
@@ -261,6 +273,35 @@ TABLES: dict[str, Table] = {
             ),
             key=("posterior_std",),
             producer="lora-dropout certify RUN_DIR",
+        ),
+        Table(
+            "learned_certificates", "learned_certificates.parquet",
+            "PAC-Bayes dropout certificate of a learned posterior (posterior/learned.*: mean and a std per tensor, "
+            "learned by minimising the bound) against the prior at each prior_std of a grid fixed before the data; "
+            "the Monte Carlo risks are measured once (they do not depend on the prior)",
+            (
+                C("prior_std", "float", "sigma_P > 0: std of the prior's Gaussian part (a grid point)"),
+                C("p", "float", "dropout_rate of the run"),
+                C("n_bound", "int", "n_b: training examples the empirical risks are computed on"),
+                C("n_test", "int", "test examples the test Gibbs risks are computed on"),
+                C("draws", "int", "k: posterior draws per example (per split), draws 0 .. k-1 of the noise stream"),
+                C("kl_variance_term", "float", "sum_g w_g n_g (ln(sigma_P / sigma_g) + sigma_g^2 / (2 sigma_P^2) "
+                                               "- 1/2)"),
+                C("kl_distance_term", "float", "sum_g w_g ||mu_g - theta_P,g||^2 / (2 sigma_P^2)"),
+                C("kl", "float", "kl_variance_term + kl_distance_term: the upper bound on KL(Q || P)"),
+                C("train_gibbs_error", "float", "mean over the n_b x k draws of 1[argmax != label]", finite=True),
+                C("train_gibbs_linear", "float", "mean over the n_b x k draws of 1 - prob_label", finite=True),
+                C("test_gibbs_error", "float", "the same 0-1 mean over n_test x k draws on the test split",
+                  finite=True),
+                C("test_gibbs_linear", "float", "the same linear-loss mean on the test split", finite=True),
+                C("prior", "str", "init or trained (as in certificates.parquet)"),
+                C("grid_size", "int", "|grid| of prior_std (the union bound splits delta and delta_mc over it)"),
+                C("delta", "float", "failure probability of the PAC-Bayes step, whole grid"),
+                C("delta_mc", "float", "failure probability of the Monte Carlo step, whole grid"),
+                C("seed", "int", "root of the posterior noise stream"),
+            ),
+            key=("prior_std",),
+            producer="lora-dropout certify RUN_DIR --learn-posterior",
         ),
     )
 }

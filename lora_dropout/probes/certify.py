@@ -98,7 +98,7 @@ def check_grid(posterior_std_grid: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(v) for v in grid)
 
 
-def _check_probability(name: str, value: float) -> float:
+def check_probability(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise ValueError(f"{name}={value!r} must be in (0, 1)")
     return float(value)
@@ -174,7 +174,7 @@ def certified_ids(prior: str, record: dict | None, train_ids: Sequence[int]) -> 
     return chosen
 
 
-def _load_prior_state(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+def load_prior_state(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path), device=str(device))
@@ -251,8 +251,8 @@ def certify_run(
     run_dir = Path(run_dir)
     grid = check_grid(posterior_std_grid)
     check_count("posterior_draws", posterior_draws)
-    delta = _check_probability("delta", delta)
-    delta_mc = _check_probability("delta_mc", delta_mc)
+    delta = check_probability("delta", delta)
+    delta_mc = check_probability("delta_mc", delta_mc)
     check_count("batch_size", batch_size, optional=True)
     check_count("seed", seed, minimum=0, optional=True)
     meta = read_run_meta(run_dir)
@@ -276,7 +276,7 @@ def certify_run(
     if len(test) == 0:
         raise ValueError(f"{run_dir} has no test examples to measure the test Gibbs error on")
     try:
-        dist = factor_and_head_sq_dist(model, _load_prior_state(prior_path, dev))
+        dist = factor_and_head_sq_dist(model, load_prior_state(prior_path, dev))
     except KeyError as exc:
         raise ValueError(f"{prior_path} does not match the run's adapter: {exc.args[0]}") from None
     p = float(loaded.handle.config.dropout_rate)

@@ -133,6 +133,23 @@ def posterior_masks(
     return MaskSet(split_sites(values, handle.layout), rows=draws * b, n_instances=draws)
 
 
+#: A posterior std: one for every perturbed parameter, or one per parameter name (`perturbed`).
+Std = float | Mapping[str, "float | torch.Tensor"]
+
+
+def check_std(sigma: Std) -> Std:
+    """``sigma`` checked: a finite number >= 0, or a mapping of names to such numbers (floats or 0-d tensors)."""
+    if isinstance(sigma, Mapping):
+        for name, value in sigma.items():
+            number = float(value.detach()) if torch.is_tensor(value) else value
+            try:
+                check_posterior_std(number)
+            except ValueError:
+                raise ValueError(f"posterior_std[{name!r}]={number!r} must be a finite number >= 0") from None
+        return sigma
+    return check_posterior_std(sigma)
+
+
 # -- per-row parameters in the forward pass ---------------------------------------------------------------
 
 
@@ -185,7 +202,7 @@ def _head_hook(eps: dict[str, torch.Tensor], where: str):
 
 
 @dataclass(frozen=True)
-class _Draws:
+class SharedDraws:
     """What posterior draws of one batch share whatever ``posterior_std`` is: the targets, the standard normals
     ``z`` of every perturbed parameter (rows ``d * B + b``, float64) and the masks. ``eps = posterior_std * z``,
     so a ``posterior_std`` grid reuses them (the noise was about 40% of a draw's cost, benchmarks/certify_cost.py)."""
@@ -196,7 +213,7 @@ class _Draws:
     rows: int
 
 
-def _draws(model: torch.nn.Module, keys, *, draws: int, first_draw: int, seed: int | None) -> _Draws:
+def shared_draws(model: torch.nn.Module, keys, *, draws: int, first_draw: int, seed: int | None) -> SharedDraws:
     handle = get_lora_dropout(unwrap(model))
     check_count("draws", draws)
     check_count("first_draw", first_draw, minimum=0)
@@ -212,17 +229,27 @@ def _draws(model: torch.nn.Module, keys, *, draws: int, first_draw: int, seed: i
         for target in targets for name, (_, p) in target.params.items()
     }  # draw-major rows d * B + b; z * 1.0 == z, so z * sigma below is posterior_noise(..., sigma) exactly
     masks = posterior_masks(handle, keys, draws=draws, first_draw=first_draw, dtype=reference.dtype)
-    return _Draws(targets, normals, masks, rows)
+    return SharedDraws(targets, normals, masks, rows)
 
 
 @contextlib.contextmanager
-def _perturbed(model: torch.nn.Module, shared: _Draws, sigma: float) -> Iterator[int]:
-    """Inside the block the model runs the draws of ``shared`` at ``posterior_std = sigma`` (eval mode)."""
+def perturbed(model: torch.nn.Module, shared: SharedDraws, sigma: Std) -> Iterator[int]:
+    """Inside the block the model runs the draws of ``shared`` at ``posterior_std = sigma`` (eval mode).
+
+    ``sigma`` is one std for every perturbed parameter, or a std per parameter name (`posterior_parameters`'
+    names; floats or 0-d tensors, which may require grad: ``eps = sigma * z`` is differentiable in both
+    ``sigma`` and the parameters, which is how `lora_dropout.probes.learned` learns them).
+    """
     inner = unwrap(model)
     handle = get_lora_dropout(inner)
+    if isinstance(sigma, Mapping):
+        missing = sorted(set(shared.normals) - set(sigma))
+        if missing:
+            raise ValueError(f"posterior_std has no std for the perturbed parameter(s) {missing[:3]}")
 
     def eps(name: str, p: torch.Tensor) -> torch.Tensor:
-        return (shared.normals[name] * sigma).to(p.dtype)
+        std = sigma[name] if isinstance(sigma, Mapping) else sigma
+        return (shared.normals[name] * std).to(p.dtype)
 
     hooks = []
     was_training = inner.training
@@ -249,7 +276,7 @@ def posterior_sampling(
     model: torch.nn.Module,
     keys: torch.Tensor | Sequence[int],
     *,
-    posterior_std: float,
+    posterior_std: Std,
     draws: int,
     first_draw: int = 0,
     seed: int | None = None,
@@ -267,8 +294,9 @@ def posterior_sampling(
     model : peft model with LoRA Dropout applied (`apply_lora_dropout`)
     keys : int tensor or sequence, shape ``(B,)``
         The examples' ``sample_id``: what the draws are keyed by.
-    posterior_std : float
-        ``sigma >= 0``; 0 gives the LoRA Dropout members themselves.
+    posterior_std : float or mapping
+        ``sigma >= 0``; 0 gives the LoRA Dropout members themselves. A mapping gives each perturbed
+        parameter (by `posterior_parameters` name) its own std (`perturbed`).
     draws : int
         Draws per example in this pass.
     first_draw : int
@@ -286,8 +314,8 @@ def posterior_sampling(
     ValueError
         For AdaLoRA or ``lora_bias`` adapters, stray trainable parameters, or a bad argument.
     """
-    sigma = check_posterior_std(posterior_std)
-    with _perturbed(model, _draws(model, keys, draws=draws, first_draw=first_draw, seed=seed), sigma) as rows:
+    sigma = check_std(posterior_std)
+    with perturbed(model, shared_draws(model, keys, draws=draws, first_draw=first_draw, seed=seed), sigma) as rows:
         yield rows
 
 
@@ -296,7 +324,7 @@ def posterior_logits(
     model: torch.nn.Module,
     batch: Mapping[str, Any],
     *,
-    posterior_std: float,
+    posterior_std: Std,
     draws: int,
     seed: int | None = None,
     first_draw: int = 0,
@@ -315,8 +343,8 @@ def posterior_logits(
     model : peft model with LoRA Dropout applied (`apply_lora_dropout`)
     batch : mapping
         Model inputs and ``sample_id`` (required: the draws are keyed by it); ``labels`` is ignored.
-    posterior_std : float
-        ``sigma >= 0``. At 0 the result is the test-time ensemble's member logits
+    posterior_std : float or mapping
+        ``sigma >= 0`` (or one per parameter name, `perturbed`). At 0 the result is the test-time ensemble's member logits
         (`lora_dropout.method.ensemble.predict` with ``n_instances = draws``, up to rounding).
     draws : int
         ``k``, draws per example.
@@ -343,7 +371,7 @@ def posterior_logits_over_grid(
     model: torch.nn.Module,
     batch: Mapping[str, Any],
     *,
-    posterior_stds: Sequence[float],
+    posterior_stds: Sequence[Std],
     draws: int,
     seed: int | None = None,
     first_draw: int = 0,
@@ -369,7 +397,7 @@ def posterior_logits_over_grid(
             f"posterior draws are keyed by the examples' {KEY_FIELD!r} (so they do not depend on the batch); "
             f"the batch has only {sorted(batch)}"
         )
-    sigmas = [check_posterior_std(s) for s in posterior_stds]
+    sigmas = [check_std(s) for s in posterior_stds]
     if not sigmas:
         raise ValueError("posterior_stds is empty: give at least one posterior_std")
     check_count("draws", draws)
@@ -379,10 +407,10 @@ def posterior_logits_over_grid(
     cap = max_draws_per_forward or handle.config.max_instances_per_forward
     chunks: list[list[torch.Tensor]] = [[] for _ in sigmas]
     for start, count in instance_chunks(draws, cap):
-        shared = _draws(model, keys, draws=count, first_draw=first_draw + start, seed=seed)
+        shared = shared_draws(model, keys, draws=count, first_draw=first_draw + start, seed=seed)
         tiled = tile(inputs, count, b)
         for into, sigma in zip(chunks, sigmas, strict=True):
-            with _perturbed(model, shared, sigma):
+            with perturbed(model, shared, sigma):
                 logits = logits_of(model(**tiled))
             into.append(logits.reshape(count, b, *logits.shape[1:]))
     return torch.stack([torch.cat(c, dim=0) for c in chunks])

@@ -1,7 +1,8 @@
 """The squared distances of the posterior mean to the prior mean that enter ``KL(Q || P)`` (theory.md section 6).
 
 ``theta`` is what `lora_dropout.probes.posterior.posterior_parameters` names (the LoRA factors and the
-trained head); `factor_and_head_sq_dist` holds it against a prior state and returns the two sums that
+trained head); `per_tensor_sq_dist` holds it against a prior state tensor by tensor (what
+`bounds.formulas.learned_dropout_kl` takes), and `factor_and_head_sq_dist` returns the two sums that
 `bounds.formulas.dropout_kl` takes.
 """
 
@@ -61,6 +62,17 @@ def factor_and_head_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, to
     ValueError
         If an entry's shape differs from the parameter's.
     """
+    factors, head = posterior_parameters(unwrap(model))
+    dist = per_tensor_sq_dist(model, prior_state)
+    return SqDist(factor=sum(dist[n] for n in factors), head=sum(dist[n] for n in head))
+
+
+@torch.no_grad()
+def per_tensor_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """``||theta_g - theta_P,g||^2`` of every tensor `posterior_parameters` names, in float64.
+
+    ``prior_state`` is keyed as for `factor_and_head_sq_dist` (either name form); the same errors.
+    """
     inner = unwrap(model)
     handle = get_lora_dropout(inner)
     factors, head = posterior_parameters(inner)
@@ -70,17 +82,11 @@ def factor_and_head_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, to
         raise KeyError(
             f"prior_state has no entry for {missing} (under either name form); it has {sorted(prior_state)[:8]}..."
         )
-
-    def sq(params: dict[str, torch.nn.Parameter]) -> float:
-        total = 0.0
-        for name, p in params.items():
-            prior = prior_state[name] if name in prior_state else prior_state[file_names[name]]
-            if tuple(prior.shape) != tuple(p.shape):
-                raise ValueError(
-                    f"prior_state[{name!r}] has shape {tuple(prior.shape)}, the parameter {tuple(p.shape)}"
-                )
-            diff = p.detach().to(torch.float64) - prior.detach().to(device=p.device, dtype=torch.float64)
-            total += float((diff * diff).sum())
-        return total
-
-    return SqDist(factor=sq(factors), head=sq(head))
+    out = {}
+    for name, p in {**factors, **head}.items():
+        prior = prior_state[name] if name in prior_state else prior_state[file_names[name]]
+        if tuple(prior.shape) != tuple(p.shape):
+            raise ValueError(f"prior_state[{name!r}] has shape {tuple(prior.shape)}, the parameter {tuple(p.shape)}")
+        diff = p.detach().to(torch.float64) - prior.detach().to(device=p.device, dtype=torch.float64)
+        out[name] = float((diff * diff).sum())
+    return out

@@ -64,7 +64,7 @@ def _explicit_member(model, batch, b, d, *, std, seed, perturb=("lora", "head"))
                     keys=[sid],
                     draws=1,
                     first_draw=d,
-                    posterior_std=std,
+                    posterior_std=std[name] if isinstance(std, dict) else std,
                     seed=seed,
                     dtype=param.dtype,
                 )
@@ -93,6 +93,22 @@ def test_batched_draws_equal_a_loop_over_explicitly_perturbed_copies(cfg):
     torch.testing.assert_close(got, expected)  # float64: rtol = atol = 1e-7
     # the perturbation is visible at all (else the comparison above proves nothing)
     assert (got - posterior_logits(model, batch, posterior_std=0.0, draws=k, seed=seed)).abs().max() > 1e-2
+
+
+def test_a_std_per_tensor_equals_a_loop_over_copies_perturbed_tensor_by_tensor():
+    model, batch = _model(), _batch()
+    factors, head = posterior_parameters(model)
+    std = {name: 0.05 * (i + 1) for i, name in enumerate([*factors, *head])}  # every tensor its own std
+    got = posterior_logits(model, batch, posterior_std=std, draws=2, seed=4)
+    expected = torch.stack(
+        [torch.stack([_explicit_member(model, batch, b, d, std=std, seed=4) for b in range(len(SIDS))])
+         for d in range(2)]
+    )
+    torch.testing.assert_close(got, expected)
+    one = posterior_logits(model, batch, posterior_std=0.05, draws=2, seed=4)
+    assert (got - one).abs().max() > 1e-3  # the per-tensor stds are used, not one of them
+    with pytest.raises(ValueError, match="no std for"):
+        posterior_logits(model, batch, posterior_std={next(iter(std)): 0.1}, draws=1)
 
 
 def test_the_head_is_perturbed_not_only_the_lora_factors():
