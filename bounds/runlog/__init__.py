@@ -57,10 +57,10 @@ from .io import (
 from .meta import RunMeta, read_meta, read_run_meta
 from .schema import (
     DEFAULT_POSTERIOR_STD_GRID,
-    META_FIELDS,
-    PARAM_DISTANCE_SPACE,
     LEARNED_DIR,
     LEARNED_FILES,
+    META_FIELDS,
+    PARAM_DISTANCE_SPACE,
     PRIOR_DIR,
     PRIOR_FILES,
     REQUIRED_META,

@@ -151,8 +151,9 @@ def test_certified_risks_equal_a_loop_and_the_kl_the_bounds_formula(learned):
     assert set(table.train_gibbs_error) == {errors / count}
     # the KL from distances summed here, from the two files
     from peft import get_peft_model_state_dict  # noqa: F401 (the files use peft's names for the prior)
-    from lora_dropout.method.peft_seam import adapter_file_names
+
     from lora_dropout import get_lora_dropout
+    from lora_dropout.method.peft_seam import adapter_file_names
 
     file_names = adapter_file_names(get_lora_dropout(loaded.model).model)
     names = list(std)
