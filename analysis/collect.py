@@ -19,7 +19,7 @@ import pandas as pd
 
 from bounds.compression import ensemble_compression
 from bounds.estimators import estimate_risks
-from bounds.report import CERTIFICATE_REPORTS, BoundReport, evaluate_run
+from bounds.report import CERTIFICATE_REPORTS, LEARNED_REPORT, BoundReport, evaluate_run
 from bounds.runlog import (
     Predictor,
     RunLog,
@@ -54,6 +54,8 @@ CONFIG_COLUMNS = (
 TABLE_NAMES = ("runs", "summary", "curves", "reliability", "compression", "bounds", "modules")
 #: Inputs of the certificate reports added to the summary at the best grid point (report input name -> summary
 #: quantity; the report's name goes into the ``report`` column).
+#: The certificate reports (grid and learned posterior): the hypothesis does not apply to them.
+_CERTIFICATES = (*CERTIFICATE_REPORTS, LEARNED_REPORT)
 CERTIFICATE_INPUTS = {"posterior_std": "posterior_std", "kl": "kl", "gibbs_error": "train_gibbs_error",
                       "gibbs_linear": "train_gibbs_linear", "n_bound": "n_bound", "posterior_draws": "posterior_draws"}
 
@@ -140,7 +142,7 @@ def _summary_rows(run: RunLog, reports: list[tuple[str, BoundReport]], probes: p
             continue
         # the certificate rests on no probe: hypothesis does not apply to it
         keys = {"report": report.name, "estimator": _estimator(report.name),
-                "hypothesis": NOT_APPLICABLE if report.name in CERTIFICATE_REPORTS else hypothesis}
+                "hypothesis": NOT_APPLICABLE if report.name in _CERTIFICATES else hypothesis}
         add("bound", report.value if not report.vacuous else math.inf, **keys)
         add("bound_on_measured", report.bound_on_measured if not report.vacuous else math.inf, **keys)
         add("measured", report.measured, **keys)
@@ -152,7 +154,7 @@ def _summary_rows(run: RunLog, reports: list[tuple[str, BoundReport]], probes: p
         if keys["estimator"]:  # Prop. 4.2 per estimator: its measured value is beta_hat
             add("beta_hat", report.measured, stderr, **keys)
     for _, report in reports:  # the PAC-Bayes dropout certificate (theory.md section 6), its value even when >= 1
-        if report.evaluable and report.name in CERTIFICATE_REPORTS:
+        if report.evaluable and report.name in _CERTIFICATES:
             add("certificate", report.value, report=report.name)
             if report.name == "pacbayes_dropout_ensemble":
                 add("linear_certificate", report.bound_on_measured, report=report.name)

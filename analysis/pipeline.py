@@ -3,7 +3,7 @@ bounds.json.
 
 Each step checks what the run directory already holds, so an interrupted point resumes where it
 stopped: a successful training is never repeated; probes, stability and certificates are added when missing
-(certificates also when measured with other settings than the point's).
+(certificates and a learned posterior also when measured with other settings than the point's).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bounds.report import recorded_certificate, write_bounds
-from bounds.runlog import PRIOR_DIR, TABLES, read_meta, run_state
+from bounds.runlog import PRIOR_DIR, TABLES, read_learned_record, read_meta, run_state
 from bounds.settings import BoundSettings, CertificateSettings
 
 from .spec import Point, PostTraining
@@ -39,6 +39,23 @@ def certificates_current(run_dir: str | Path, post: PostTraining) -> bool:
     return (len(found) == len(grid) and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(found, grid, strict=True))
             and set(table["grid_size"]) == {len(grid)} and set(table["draws"]) == {post.posterior_draws}
             and set(table["prior"]) == {prior})
+
+
+def learned_current(run_dir: str | Path, post: PostTraining) -> bool:
+    """Whether ``run_dir/learned_certificates.parquet`` was measured over ``post``'s grid with its draws, from a
+    posterior learned against the prior the grid certificate used."""
+    path = Path(run_dir) / TABLES["learned_certificates"].filename
+    try:
+        record = read_learned_record(run_dir)
+        table = pd.read_parquet(path, columns=["prior_std", "draws", "prior"]) if path.is_file() else None
+        grid = pd.read_parquet(Path(run_dir) / TABLES["certificates"].filename, columns=["prior"])
+    except Exception:  # unreadable: learn again
+        return False
+    if record is None or table is None:
+        return False
+    same_grid = sorted(record["prior_std_grid"]) == sorted(post.posterior_std_grid) == sorted(table["prior_std"])
+    return (same_grid and set(table["draws"]) == {post.posterior_draws}
+            and set(table["prior"]) == {record["prior"]} == set(grid["prior"]))
 
 
 def certificate_settings(run_dir: Path, post: PostTraining) -> CertificateSettings | None:
@@ -80,5 +97,11 @@ def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
     if post.certify and not certificates_current(run_dir, post):
         certify_run(run_dir, posterior_std_grid=post.posterior_std_grid, posterior_draws=post.posterior_draws,
                     prior=post.certify_prior, progress=progress)
+    if post.learn_posterior and not learned_current(run_dir, post):
+        from lora_dropout.probes.learned import certify_learned, learn_posterior
+
+        prior = pd.read_parquet(run_dir / TABLES["certificates"].filename, columns=["prior"])["prior"].iloc[0]
+        learn_posterior(run_dir, prior_std_grid=post.posterior_std_grid, prior=str(prior), progress=progress)
+        certify_learned(run_dir, posterior_draws=post.posterior_draws, progress=progress)
     write_bounds(run_dir, BoundSettings(lam=post.lam, certificate=certificate_settings(run_dir, post)))
     return run_dir

@@ -245,7 +245,8 @@ def plot_certificate_vs_p(table: pd.DataFrame, ax=None, x: str = "dropout_rate")
     and the measured error, a dashed line for the ensemble's 0-1 certificate, the paper's Theorem 4.4
     bound as markers where ``paper`` is ``finite`` and a grey band "Thm 4.4 vacuous" where it is
     ``vacuous`` (nothing where ``not measured``), and a horizontal line at 1, where a certificate says
-    nothing.
+    nothing. Where the table has a learned posterior (``learned``, ``learned_measured``), its certificate
+    and measured error too.
     """
     _require(table, [x, "certificate", "certificate_low", "certificate_high", "measured", "measured_low",
                      "measured_high", "ensemble", "paper_bound", "paper"], "plot_certificate_vs_p")
@@ -256,6 +257,12 @@ def plot_certificate_vs_p(table: pd.DataFrame, ax=None, x: str = "dropout_rate")
         ax.plot(t[x], t[column], marker="o", color=PALETTE(k), label=label)
         ax.fill_between(t[x], t[f"{column}_low"], t[f"{column}_high"], color=PALETTE(k), alpha=0.2, linewidth=0)
     ax.plot(t[x], t["ensemble"], "--", marker=".", color=PALETTE(2), label="ensemble 0-1 certificate min(1, 2c)")
+    if "learned" in t and t["learned"].notna().any():  # certify --learn-posterior
+        learned = t[t["learned"].notna()]
+        ax.plot(learned[x], learned["learned"], "-.", marker="D", color=PALETTE(4),
+                label="learned posterior: certificate")
+        ax.plot(learned[x], learned["learned_measured"], ":", marker="d", color=PALETTE(4),
+                label="learned posterior: measured test Gibbs 0-1 error")
     finite = t[t["paper"] == "finite"]
     if len(finite):
         ax.plot(finite[x], finite["paper_bound"], "s", color=PALETTE(3), label="Thm 4.4 bound (test cross-entropy)")

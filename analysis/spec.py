@@ -51,7 +51,8 @@ class PostTraining:
     """Work after training: curvature/Lipschitz probes, leave-one-out stability and the PAC-Bayes dropout
     certificate (theory.md section 6: ``certify_run`` with ``posterior_std_grid``, ``posterior_draws`` and
     ``certify_prior``, None = the trained prior when the run has one, else the data-free init), each written
-    into the run."""
+    into the run; with ``learn_posterior`` also a posterior learned by minimising the certificate over the
+    same grid (`lora_dropout.probes.learned`, default `LearnSettings`)."""
 
     curvature: bool = False
     stability_k: int = 0
@@ -67,6 +68,7 @@ class PostTraining:
     posterior_std_grid: tuple[float, ...] = DEFAULT_POSTERIOR_STD_GRID
     posterior_draws: int = 4
     certify_prior: str | None = None
+    learn_posterior: bool = False
 
     def __post_init__(self) -> None:
         if self.certify_prior not in (None, "init", "trained"):
@@ -77,6 +79,9 @@ class PostTraining:
         if not grid or not all(math.isfinite(v) and v > 0 for v in grid) or len(set(grid)) != len(grid):
             raise ValueError(f"posterior_std_grid={list(self.posterior_std_grid)!r} must be distinct numbers > 0")
         object.__setattr__(self, "posterior_std_grid", grid)
+        if self.learn_posterior and not self.certify:
+            raise ValueError("learn_posterior=True needs certify=True (the learned posterior is certified beside "
+                             "the grid)")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

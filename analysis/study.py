@@ -20,7 +20,7 @@ from typing import Any
 from bounds.runlog import RunLogError, read_run_meta, run_state, write_json
 from lora_dropout.runs.config import RunConfig
 
-from .pipeline import certificates_current, run_point
+from .pipeline import certificates_current, learned_current, run_point
 from .spec import Point, PostTraining, StudySpec
 
 
@@ -44,11 +44,13 @@ def point_status(study_dir: Path, point: Point) -> str:
         return "stability missing"
     if point.post.certify and not certificates_current(run_dir, point.post):
         return "certificates missing"
+    if point.post.learn_posterior and not learned_current(run_dir, point.post):
+        return "learned posterior missing"
     return "done"
 
 
 #: Statuses of a trained run whose post-training work is incomplete: resumed in place, never set aside.
-INCOMPLETE = ("probes missing", "stability missing", "certificates missing")
+INCOMPLETE = ("probes missing", "stability missing", "certificates missing", "learned posterior missing")
 
 
 def _set_aside(study_dir: Path, run_dir: Path) -> None:

@@ -192,9 +192,11 @@ def sparsity(modules: pd.DataFrame) -> pd.DataFrame:
 
 
 #: Summary rows ``(quantity, report)`` of `certificate_over`: the PAC-Bayes dropout certificate
-#: (bounds.report.certificate).
+#: (bounds.report.certificate) and that of a learned posterior (bounds.report.learned; NaN where not learned).
 CERTIFICATE_SERIES = {"certificate": ("certificate", "pacbayes_dropout"), "measured": ("measured", "pacbayes_dropout"),
-                      "ensemble": ("certificate", "pacbayes_dropout_ensemble")}
+                      "ensemble": ("certificate", "pacbayes_dropout_ensemble"),
+                      "learned": ("certificate", "pacbayes_dropout_learned"),
+                      "learned_measured": ("measured", "pacbayes_dropout_learned")}
 
 
 def certificate_over(summary: pd.DataFrame, x: str = "dropout_rate", *,
@@ -203,12 +205,14 @@ def certificate_over(summary: pd.DataFrame, x: str = "dropout_rate", *,
 
     Per value of ``x`` with certified runs, seed bands of: the best certificate on the Gibbs member's
     0-1 error (``certificate``), the measured test Gibbs 0-1 error of the same posterior
-    (``measured``), and the ensemble's 0-1 certificate ``min(1, 2 x linear certificate)``
-    (``ensemble``). ``paper`` says what the paper's Theorem 4.4 gives at that ``x``: ``finite``
+    (``measured``), the ensemble's 0-1 certificate ``min(1, 2 x linear certificate)``
+    (``ensemble``), and, where a posterior was learned (``certify --learn-posterior``), its certificate
+    and measured test Gibbs error (``learned``, ``learned_measured``; NaN elsewhere). ``paper`` says what the paper's Theorem 4.4 gives at that ``x``: ``finite``
     (``paper_bound`` is the mean over seeds of its bound on the test risk, cross-entropy), ``vacuous``
     (for any seed; ``paper_bound`` inf) or ``not measured`` (no curvature probes; NaN). Returns
     ``[x, certificate, certificate_low, certificate_high, measured, measured_low, measured_high,
-    ensemble, ensemble_low, ensemble_high, paper_bound, paper, n]`` (``n``: certified seeds).
+    ensemble, ensemble_low, ensemble_high, learned, learned_low, learned_high, learned_measured,
+    learned_measured_low, learned_measured_high, paper_bound, paper, n]`` (``n``: certified seeds).
     """
     columns = [x, *(f"{s}{e}" for s in CERTIFICATE_SERIES for e in ("", "_low", "_high")), "paper_bound", "paper",
                "n"]

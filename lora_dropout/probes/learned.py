@@ -249,7 +249,7 @@ def learn_posterior(
     learned = {
         "prior": kind, "prior_std_grid": list(grid), "delta": delta, "n_bound": n_b, "p": p, "seed": seed,
         "first_draw": LEARN_FIRST_DRAW, "draws_used": settings.epochs * d, "init_std": init_std,
-        "tensors": {n: {"posterior_std": float(torch.exp(log_std[n])), "count": count[n], "weight": weight[n],
+        "tensors": {n: {"posterior_std": float(torch.exp(log_std[n].detach())), "count": count[n], "weight": weight[n],
                         "sq_dist": dist[n]} for n in params},
         "settings": asdict(settings), "objective": history,
     }

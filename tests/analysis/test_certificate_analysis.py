@@ -103,6 +103,7 @@ def test_certify_profile():
         assert t.posterior_lr == pytest.approx(t.lr / 5)
         post = pt.post
         assert post.certify and post.certify_prior == "trained" and post.posterior_draws == 4
+        assert post.learn_posterior  # the learned posterior is certified beside the grid
         assert post.posterior_std_grid == DEFAULT_POSTERIOR_STD_GRID
         assert not post.curvature and not post.stability_k  # leave-one-out is refused with a trained prior
     assert len(make_profile("certify", seeds=3).spec.expand()) == 12
@@ -142,6 +143,17 @@ def test_certificate_over_p_bands_seeds_and_marks_the_papers_bound():
     assert math.isinf(table["paper_bound"].iloc[0]) and math.isnan(table["paper_bound"].iloc[2])
     assert table["paper_bound"].iloc[1] == pytest.approx(2.5)
     assert table["n"].tolist() == [3, 3, 3]
+    assert table["learned"].isna().all()  # no posterior was learned
+    # a learned posterior at p = 0.3 (seeds 0 and 1): its own series, NaN elsewhere
+    learned = [{"run_id": f"p0.3-N2-s{seed}", **row(q, v, report="pacbayes_dropout_learned"), "seed": seed,
+                "method": "lora", "dropout_rate": 0.3, "n_instances": 2}
+               for seed, (c, m) in enumerate(((0.4, 0.24), (0.42, 0.26))) for q, v in (("certificate", c),
+                                                                                       ("measured", m))]
+    table = tables.certificate_over(pd.DataFrame(rows + learned), "dropout_rate")
+    assert table["learned"].iloc[1] == pytest.approx(0.41) and table["learned_measured"].iloc[1] == pytest.approx(0.25)
+    half = 12.706204736174698 * math.sqrt(0.0002) / math.sqrt(2)  # t_{0.975, 1} * sd / sqrt(2)
+    assert table["learned_high"].iloc[1] == pytest.approx(0.41 + half)
+    assert table["learned"].iloc[[0, 2]].isna().all()
     assert tables.certificate_over(pd.DataFrame(rows[:0], columns=rows[0].keys()), "dropout_rate").empty
 
 
@@ -165,3 +177,8 @@ def test_plot_certificate_vs_p_draws_the_table_and_never_an_infinite_bound():
     assert plots.plot_certificate_vs_p(over_n, x="n_instances").get_xlabel() == "instances N"
     with pytest.raises(ValueError, match="plot_certificate_vs_p needs column"):
         plots.plot_certificate_vs_p(table.drop(columns="paper"))
+    assert "learned posterior: certificate" not in lines  # no learned columns: no such line
+    with_learned = table.assign(learned=[math.nan, 0.4, math.nan], learned_measured=[math.nan, 0.24, math.nan])
+    lines = {line.get_label(): line for line in plots.plot_certificate_vs_p(with_learned).lines}
+    np.testing.assert_allclose(lines["learned posterior: certificate"].get_xydata(), [[0.3, 0.4]])
+    np.testing.assert_allclose(lines["learned posterior: measured test Gibbs 0-1 error"].get_ydata(), [0.24])

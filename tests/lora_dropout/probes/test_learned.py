@@ -212,3 +212,30 @@ def test_cli_learns_certifies_and_records_the_report_with_its_audit(tiny_run, tm
     assert {a.name: a.holds for a in report.assumptions}["kl_recomputed"] is False
     (report,) = learned_certificate_reports(run, prior_std_grid=(0.02, 0.3))
     assert {a.name: a.holds for a in report.assumptions}["grid_fixed_in_advance"] is False
+
+
+def test_a_study_point_that_learns_resumes_in_place_and_records_the_report(tiny_run, tmp_path):  # noqa: F811
+    import json
+
+    from analysis.pipeline import learned_current, run_point
+    from analysis.spec import Point, PostTraining
+    from analysis.study import point_status
+    from bounds.runlog import read_run_meta
+    from lora_dropout.runs.config import RunConfig
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_run, study / "tiny")
+    for stale in ("certificates.parquet", "bounds.json"):
+        (study / "tiny" / stale).unlink(missing_ok=True)
+    config = RunConfig.from_dict(read_run_meta(study / "tiny").config_dict())
+    post = PostTraining(certify=True, learn_posterior=True, posterior_std_grid=GRID, posterior_draws=K)
+    point = Point("tiny", {}, config, post)
+    assert point_status(study, point) == "certificates missing"
+    run_point(study, point)
+    assert point_status(study, point) == "done" and learned_current(study / "tiny", post)
+    names = [r["name"] for r in json.loads((study / "tiny" / "bounds.json").read_text())["reports"]]
+    assert "pacbayes_dropout_learned" in names and "pacbayes_dropout" in names
+    other = PostTraining(certify=True, learn_posterior=True, posterior_std_grid=GRID, posterior_draws=K + 1)
+    assert not learned_current(study / "tiny", other)  # other draws: measured again
+    with pytest.raises(ValueError, match="learn_posterior=True needs certify=True"):
+        PostTraining(learn_posterior=True)
