@@ -142,18 +142,19 @@ def check_table(spec: Table, frame: pd.DataFrame) -> list[str]:
     return problems
 
 
-def check_certificates(frame: pd.DataFrame) -> list[str]:
-    """Ranges of certificates.parquet: risks in [0, 1], positive sigma and counts, one grid per table."""
-    name = TABLES["certificates"].filename
+def _check_grid_table(table: str, frame: pd.DataFrame, grid_column: str, constant: tuple[str, ...]) -> list[str]:
+    """Ranges of a certificate table (one row per grid point): risks and p in [0, 1], grid values and counts > 0,
+    ``constant`` columns one value for the whole grid, ``grid_size`` rows."""
+    name = TABLES[table].filename
     problems = []
     for col in ("train_gibbs_error", "train_gibbs_linear", "test_gibbs_error", "test_gibbs_linear", "p"):
         bad = ~frame[col].between(0.0, 1.0)
         if bad.any():
             problems.append(f"{name}: column {col} must lie in [0, 1], got {frame.loc[bad, col].iloc[0]!r}")
-    for col in ("posterior_std", "n_bound", "draws", "grid_size"):
+    for col in (grid_column, "n_bound", "draws", "grid_size"):
         if not (frame[col] > 0).all():
             problems.append(f"{name}: column {col} must be > 0")
-    for col in ("prior", "grid_size", "delta", "delta_mc", "draws", "seed", "p", "n_bound"):
+    for col in ("prior", "grid_size", "delta", "delta_mc", "draws", "seed", "p", "n_bound", *constant):
         if frame[col].nunique() > 1:
             problems.append(f"{name}: column {col} must be one value for the whole grid, got "
                             f"{sorted(frame[col].unique().tolist())}")
@@ -163,6 +164,11 @@ def check_certificates(frame: pd.DataFrame) -> list[str]:
     if unknown:
         problems.append(f"{name}: unknown prior value(s) {unknown}")
     return problems
+
+
+def check_certificates(frame: pd.DataFrame) -> list[str]:
+    """Ranges of certificates.parquet: risks in [0, 1], positive sigma and counts, one grid per table."""
+    return _check_grid_table("certificates", frame, "posterior_std", ())
 
 
 def read_learned_record(run_dir: str | Path) -> dict[str, Any] | None:
@@ -195,24 +201,9 @@ def read_learned_record(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def check_learned_certificates(frame: pd.DataFrame) -> list[str]:
-    """Ranges of learned_certificates.parquet: risks in [0, 1], one prior, grid, delta and seed for the table."""
-    name = TABLES["learned_certificates"].filename
-    problems = []
-    for col in ("train_gibbs_error", "train_gibbs_linear", "test_gibbs_error", "test_gibbs_linear", "p"):
-        bad = ~frame[col].between(0.0, 1.0)
-        if bad.any():
-            problems.append(f"{name}: column {col} must lie in [0, 1], got {frame.loc[bad, col].iloc[0]!r}")
-    for col in ("prior_std", "n_bound", "draws", "grid_size"):
-        if not (frame[col] > 0).all():
-            problems.append(f"{name}: column {col} must be > 0")
-    for col in ("prior", "grid_size", "delta", "delta_mc", "draws", "seed", "p", "n_bound", "train_gibbs_error",
-                "test_gibbs_error"):
-        if frame[col].nunique() > 1:
-            problems.append(f"{name}: column {col} must be one value for the whole grid, got "
-                            f"{sorted(frame[col].unique().tolist())}")
-    if len(frame) and int(frame["grid_size"].iloc[0]) != len(frame):
-        problems.append(f"{name}: grid_size {int(frame['grid_size'].iloc[0])} but {len(frame)} rows")
-    return problems
+    """Ranges of learned_certificates.parquet: as `check_certificates`, and one measured risk for the whole grid
+    (the posterior is the same at every prior_std)."""
+    return _check_grid_table("learned_certificates", frame, "prior_std", ("train_gibbs_error", "test_gibbs_error"))
 
 
 def read_prior_record(run_dir: str | Path) -> dict[str, Any] | None:

@@ -56,3 +56,16 @@ def test_the_table_is_the_certificate_computed_by_hand():
     # the variance term vanishes only where the learned stds equal the prior's; here both points pay it
     assert (table.kl_variance_term > 0).all()
     assert np.all(table.kl == table.kl_variance_term + table.kl_distance_term)
+
+
+def test_the_table_check_names_what_is_wrong():
+    from bounds.runlog import check_learned_certificates
+
+    assert check_learned_certificates(_frame()) == []
+    two_risks = _frame()
+    two_risks.loc[1, "train_gibbs_error"] = 0.3  # the posterior is one: its risk cannot change with the prior
+    bad = _frame().assign(test_gibbs_error=1.5, grid_size=3)
+    assert any("train_gibbs_error must be one value" in p for p in check_learned_certificates(two_risks))
+    problems = check_learned_certificates(bad)
+    assert any("test_gibbs_error must lie in [0, 1]" in p for p in problems)
+    assert any("grid_size 3 but 2 rows" in p for p in problems)
