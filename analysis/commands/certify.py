@@ -84,7 +84,7 @@ def _learn(args: argparse.Namespace, grid: tuple[float, ...], prior: str) -> lis
     from lora_dropout.probes.learned import LearnSettings, certify_learned, learn_posterior
 
     settings = LearnSettings(epochs=args.learn_epochs, lr=args.learn_lr, std_lr=args.learn_std_lr,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, surrogate=args.learn_surrogate)
     learned = learn_posterior(args.run_dir, prior_std_grid=grid, settings=settings, delta=args.delta, prior=prior,
                               device=args.device, progress=not args.quiet)
     print(f"learned posterior: bound objective per epoch {[round(v, 4) for v in learned.record['objective']]}")
@@ -125,5 +125,8 @@ def add_certify(sub) -> None:
                       help="Adam learning rate of the learned mean (default: 1e-4)")
     cert.add_argument("--learn-std-lr", type=float, default=0.05,
                       help="Adam learning rate of the log stds (default: 0.05)")
+    cert.add_argument("--learn-surrogate", choices=["linear", "bounded_ce"], default="linear",
+                      help="the [0, 1] loss the learning objective averages: 1 - prob_y (default) or the bounded "
+                           "cross-entropy of Perez-Ortiz et al. 2021")
     cert.add_argument("--quiet", action="store_true", help="no progress bar")
     cert.set_defaults(func=friendly(cmd_certify))

@@ -24,6 +24,7 @@ from lora_dropout.probes.learned import (
     learn_posterior,
     learned_kl,
     quad_bound,
+    surrogate_loss,
 )
 from lora_dropout.probes.posterior import posterior_logits, posterior_parameters
 from lora_dropout.runs.run import load_run
@@ -64,11 +65,16 @@ def test_quad_bound_is_never_below_the_kl_certificate_and_is_4c_at_zero_risk(ris
         assert q == pytest.approx(4 * (kl + math.log(2 * math.sqrt(n) / delta)) / (2 * n), rel=1e-12)
 
 
-def test_bounded_cross_entropy_by_hand():
+def test_the_surrogates_by_hand():
     # two classes; log-probabilities of the label 0, ln 0.5, and far below ln(min_prob)
     logits = torch.tensor([[50.0, -50.0], [1.0, 1.0], [-50.0, 50.0]])
-    got = bounded_cross_entropy(logits, torch.tensor([0, 0, 0]), 1e-4)
+    labels = torch.tensor([0, 0, 0])
+    got = bounded_cross_entropy(logits, labels, 1e-4)
     assert got.tolist() == pytest.approx([0.0, math.log(2) / math.log(1e4), 1.0], abs=1e-12)
+    assert surrogate_loss(logits, labels, LearnSettings(surrogate="bounded_ce")).tolist() == got.tolist()
+    # the default: 1 - prob_y, with prob_y = sigmoid(z_0 - z_1)
+    lin = surrogate_loss(torch.tensor([[0.3, -0.2]], dtype=torch.float64), torch.tensor([0]), LearnSettings())
+    assert float(lin) == pytest.approx(1.0 - 1.0 / (1.0 + math.exp(-0.5)), rel=1e-12)
 
 
 def test_gradient_through_the_perturbed_forward_matches_finite_differences():
@@ -178,6 +184,8 @@ def test_refusals_name_the_problem(tiny_run, tmp_path):  # noqa: F811
         LearnSettings(std_lr=0.0)
     with pytest.raises(ValueError, match="min_prob"):
         LearnSettings(min_prob=1.0)
+    with pytest.raises(ValueError, match="surrogate='hinge'"):
+        LearnSettings(surrogate="hinge")
     bare = tmp_path / "bare"
     shutil.copytree(tiny_run, bare)
     with pytest.raises(FileNotFoundError, match="learn the posterior first"):
