@@ -217,7 +217,7 @@ def learn_posterior(
     d = settings.draws
     delta_point = delta / len(grid)
 
-    def objective(batch, first_draw: int, log_std: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(batch, first_draw: int, log_std: dict[str, torch.Tensor]) -> torch.Tensor:
         keys = batch[KEY_FIELD]
         inputs = {k: v for k, v in batch.items() if k not in ("labels", KEY_FIELD)}
         shared = shared_draws(model, keys, draws=d, first_draw=first_draw, seed=seed)
@@ -227,12 +227,12 @@ def learn_posterior(
         sq = {n: ((t.double() - prior_mean[n]) ** 2).sum() for n, t in params.items()}
         bounds = torch.stack([quad_bound(risk, learned_kl(sp, weight=weight, count=count, log_std=log_std,
                                                           sq_dist=sq), n_b, delta_point) for sp in grid])
-        return bounds.min(), risk
+        return bounds.min()
 
     # start every std at the grid point whose bound is smallest on the first batch
     first = next(iter(data.batches(bs, device=dev)))
     with torch.no_grad():
-        start = [float(objective(first, LEARN_FIRST_DRAW, {n: torch.tensor(math.log(sp)) for n in params})[0])
+        start = [float(objective(first, LEARN_FIRST_DRAW, {n: torch.tensor(math.log(sp)) for n in params}))
                  for sp in grid]
     init_std = grid[min(range(len(grid)), key=start.__getitem__)]
     log_std = {n: torch.tensor(math.log(init_std), dtype=torch.float64, requires_grad=True) for n in params}
@@ -247,7 +247,7 @@ def learn_posterior(
             order = torch.randperm(n_b, generator=generator).tolist()
             total = 0.0
             for batch in data.batches(bs, order=order, device=dev):
-                bound, _ = objective(batch, LEARN_FIRST_DRAW + epoch * d, log_std)
+                bound = objective(batch, LEARN_FIRST_DRAW + epoch * d, log_std)
                 opt_mean.zero_grad(set_to_none=True)
                 opt_std.zero_grad(set_to_none=True)
                 bound.backward()
