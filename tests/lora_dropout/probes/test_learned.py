@@ -243,6 +243,18 @@ def test_a_study_point_that_learns_resumes_in_place_and_records_the_report(tiny_
     assert point_status(study, point) == "done" and learned_current(study / "tiny", post)
     names = [r["name"] for r in json.loads((study / "tiny" / "bounds.json").read_text())["reports"]]
     assert "pacbayes_dropout_learned" in names and "pacbayes_dropout" in names
+    # the summary carries the learned certificate (the hypothesis does not apply to it), as certificate_over reads it
+    from analysis.collect import collect
+    from analysis.tables import certificate_over
+
+    summary = collect([study / "tiny"]).summary
+    learned = summary[(summary["report"] == "pacbayes_dropout_learned") & (summary["quantity"] == "certificate")]
+    report = next(r for r in json.loads((study / "tiny" / "bounds.json").read_text())["reports"]
+                  if r["name"] == "pacbayes_dropout_learned")
+    assert len(learned) == 1 and learned["value"].iloc[0] == pytest.approx(report["value"], rel=1e-12)
+    over = certificate_over(summary, "dropout_rate")
+    assert over["learned"].iloc[0] == pytest.approx(report["value"], rel=1e-12)
+    assert over["learned_measured"].iloc[0] == pytest.approx(report["measured"], rel=1e-12)
     other = PostTraining(certify=True, learn_posterior=True, posterior_std_grid=GRID, posterior_draws=K + 1)
     assert not learned_current(study / "tiny", other)  # other draws: measured again
     with pytest.raises(ValueError, match="learn_posterior=True needs certify=True"):
