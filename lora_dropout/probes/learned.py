@@ -41,8 +41,6 @@ from tqdm.auto import tqdm
 
 from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID, LEARNED_DIR, read_learned_record, write_json
 
-from ..method import peft_seam
-from ..method.apply import get_lora_dropout
 from ..method.losses import logits_of
 from ..method.objective import KEY_FIELD, tile, unwrap
 from ..method.validation import check_count
@@ -60,7 +58,7 @@ from .certify import (
     resolve_prior,
 )
 from .posterior import perturbed, posterior_parameters, shared_draws
-from .prior_distance import per_tensor_sq_dist
+from .prior_distance import per_tensor_sq_dist, prior_tensors
 
 #: The [0, 1] surrogates of the 0-1 loss the objective can use (`surrogate_loss`).
 SURROGATES = ("linear", "bounded_ce")
@@ -210,9 +208,7 @@ def learn_posterior(
     params, weight, count = _groups(model, p)
     dev = next(iter(params.values())).device
     prior_state = load_prior_state(prior_path, dev)
-    file_names = peft_seam.adapter_file_names(get_lora_dropout(unwrap(model)).model)
-    prior_mean = {n: (prior_state[n] if n in prior_state else prior_state[file_names[n]]).to(torch.float64)
-                  for n in params}
+    prior_mean = {n: t.to(torch.float64) for n, t in prior_tensors(model, prior_state).items()}
     bs = settings.batch_size or loaded.config.train.batch_size
     d = settings.draws
     delta_point = delta / len(grid)

@@ -1,7 +1,7 @@
 """The squared distances of the posterior mean to the prior mean that enter ``KL(Q || P)`` (theory.md section 6).
 
 ``theta`` is what `lora_dropout.probes.posterior.posterior_parameters` names (the LoRA factors and the
-trained head); `per_tensor_sq_dist` holds it against a prior state tensor by tensor (what
+trained head); `prior_tensors` finds its prior tensor by either name form, `per_tensor_sq_dist` holds it against a prior state tensor by tensor (what
 `bounds.formulas.learned_dropout_kl` takes), and `factor_and_head_sq_dist` returns the two sums that
 `bounds.formulas.dropout_kl` takes.
 """
@@ -67,16 +67,14 @@ def factor_and_head_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, to
     return SqDist(factor=sum(dist[n] for n in factors), head=sum(dist[n] for n in head))
 
 
-@torch.no_grad()
-def per_tensor_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """``||theta_g - theta_P,g||^2`` of every tensor `posterior_parameters` names, in float64.
+def prior_tensors(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The prior mean of every tensor `posterior_parameters` names, keyed by its model name.
 
     ``prior_state`` is keyed as for `factor_and_head_sq_dist` (either name form); the same errors.
     """
     inner = unwrap(model)
-    handle = get_lora_dropout(inner)
     factors, head = posterior_parameters(inner)
-    file_names = peft_seam.adapter_file_names(handle.model)
+    file_names = peft_seam.adapter_file_names(get_lora_dropout(inner).model)
     missing = [n for n in (*factors, *head) if n not in prior_state and file_names.get(n) not in prior_state]
     if missing:
         raise KeyError(
@@ -87,6 +85,20 @@ def per_tensor_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.T
         prior = prior_state[name] if name in prior_state else prior_state[file_names[name]]
         if tuple(prior.shape) != tuple(p.shape):
             raise ValueError(f"prior_state[{name!r}] has shape {tuple(prior.shape)}, the parameter {tuple(p.shape)}")
+        out[name] = prior
+    return out
+
+
+@torch.no_grad()
+def per_tensor_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """``||theta_g - theta_P,g||^2`` of every tensor `posterior_parameters` names, in float64.
+
+    ``prior_state`` is keyed as for `factor_and_head_sq_dist` (either name form); the same errors.
+    """
+    factors, head = posterior_parameters(unwrap(model))
+    out = {}
+    for name, prior in prior_tensors(model, prior_state).items():
+        p = factors[name] if name in factors else head[name]
         diff = p.detach().to(torch.float64) - prior.detach().to(device=p.device, dtype=torch.float64)
         out[name] = float((diff * diff).sum())
     return out
