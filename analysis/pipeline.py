@@ -21,24 +21,33 @@ from .spec import Point, PostTraining
 
 
 def certificates_current(run_dir: str | Path, post: PostTraining) -> bool:
-    """Whether ``run_dir/certificates.parquet`` was measured with ``post``'s settings: the same
-    ``posterior_std`` grid, ``posterior_draws`` and prior (``certify_prior``, or the one ``certify_run``
-    would pick: ``trained`` when ``prior/prior.safetensors`` exists, else ``init``). A missing or unreadable
-    table is not current."""
+    """Whether ``run_dir/certificates.parquet`` was measured with ``post``'s grid, ``posterior_draws`` and
+    prior (`certificates_match`)."""
+    return certificates_match(run_dir, CertificateSettings(posterior_std_grid=post.posterior_std_grid,
+                                                           posterior_draws=post.posterior_draws,
+                                                           prior=post.certify_prior))
+
+
+def certificates_match(run_dir: str | Path, wanted: CertificateSettings) -> bool:
+    """Whether ``run_dir/certificates.parquet`` was measured with ``wanted``: the same ``posterior_std`` grid (in
+    any order) and, for each other field that is not None, the same value; the prior always, None meaning the
+    one ``certify_run`` would pick (``trained`` when ``prior/prior.safetensors`` exists, else ``init``). A
+    missing or unreadable table does not match."""
     path = Path(run_dir) / TABLES["certificates"].filename
     if not path.is_file():
         return False
     try:
-        table = pd.read_parquet(path, columns=["posterior_std", "draws", "prior", "grid_size"])
+        table = pd.read_parquet(path)
     except Exception:  # unreadable: measure again
         return False
-    prior = post.certify_prior or ("trained" if (Path(run_dir) / PRIOR_DIR / "prior.safetensors").is_file()
-                                   else "init")
-    grid = sorted(post.posterior_std_grid)
+    prior = wanted.prior or ("trained" if (Path(run_dir) / PRIOR_DIR / "prior.safetensors").is_file() else "init")
+    grid = sorted(wanted.posterior_std_grid)
     found = sorted(float(v) for v in table["posterior_std"])
+    fields = {"draws": wanted.posterior_draws, "delta": wanted.delta, "delta_mc": wanted.delta_mc,
+              "seed": wanted.seed, "prior": prior, "grid_size": len(grid)}
     return (len(found) == len(grid) and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(found, grid, strict=True))
-            and set(table["grid_size"]) == {len(grid)} and set(table["draws"]) == {post.posterior_draws}
-            and set(table["prior"]) == {prior})
+            and all(column in table and set(table[column]) == {value}
+                    for column, value in fields.items() if value is not None))
 
 
 def learned_current(run_dir: str | Path, post: PostTraining) -> bool:

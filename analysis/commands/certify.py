@@ -7,6 +7,7 @@ its heavy dependencies only then.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -34,37 +35,50 @@ def _format_certificates(table, reports) -> str:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from bounds.report import (
         certificate_reports,
         certificate_table,
         learned_certificate_reports,
         write_certificate_entries,
     )
-    from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
+    from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID, TABLES
     from bounds.settings import CertificateSettings
     from lora_dropout.probes.certify import certify_run
 
+    from ..pipeline import certificates_match
+
     quiet_libraries()
     grid = tuple(args.posterior_std_grid or DEFAULT_POSTERIOR_STD_GRID)
-    try:
-        result = certify_run(args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws,
-                             delta=args.delta, delta_mc=args.delta_mc, prior=args.prior, batch_size=args.batch_size,
-                             seed=args.seed, device=args.device, progress=not args.quiet)
-    except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
-        return 130
+    wanted = CertificateSettings(posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
+                                 delta_mc=args.delta_mc, prior=args.prior, seed=args.seed)
+    path = args.run_dir / TABLES["certificates"].filename
+    if not args.force and certificates_match(args.run_dir, wanted):
+        # the draws are a function of (seed, sample id, draw): measuring again would give the same table
+        print(f"{path} already holds this grid, k, delta, delta_mc, prior and seed: not measured again "
+              "(--force measures it again)")
+        table = pd.read_parquet(path)
+    else:
+        try:
+            table = certify_run(args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws,
+                                delta=args.delta, delta_mc=args.delta_mc, prior=args.prior,
+                                batch_size=args.batch_size, seed=args.seed, device=args.device,
+                                progress=not args.quiet).table
+        except KeyboardInterrupt:
+            print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
+            return 130
     reports = certificate_reports(args.run_dir, posterior_std_grid=grid)
-    row = result.table.iloc[0]
-    print(f"certify {reports[0].run_id}: prior={result.prior}, n_b={int(row.n_bound)}, k={int(row.draws)}, "
+    row = table.iloc[0]
+    print(f"certify {reports[0].run_id}: prior={row.prior}, n_b={int(row.n_bound)}, k={int(row.draws)}, "
           f"n_test={int(row.n_test)}, delta={row.delta:g} + delta_mc={row.delta_mc:g} over {len(grid)} "
-          f"posterior_std, {result.passes} passes (grid x k) over the certified and test splits")
-    print(_format_certificates(certificate_table(result.table), reports))
-    settings = CertificateSettings(posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
-                                   delta_mc=args.delta_mc, prior=result.prior, seed=int(row.seed))
-    written = [result.path]
+          f"posterior_std, {int(row.passes)} passes (grid x k) over the certified and test splits")
+    print(_format_certificates(certificate_table(table), reports))
+    settings = dataclasses.replace(wanted, prior=str(row.prior), seed=int(row.seed))
+    written = [path]
     if args.learn_posterior:
         try:
-            written += _learn(args, grid, result.prior)
+            written += _learn(args, grid, str(row.prior))
         except KeyboardInterrupt:
             print("\ninterrupted: the grid certificate was written; the learned posterior was not",
                   file=sys.stderr)
@@ -128,5 +142,8 @@ def add_certify(sub) -> None:
     cert.add_argument("--learn-surrogate", choices=["linear", "bounded_ce"], default="linear",
                       help="the [0, 1] loss the learning objective averages: 1 - prob_y (default) or the bounded "
                            "cross-entropy of Perez-Ortiz et al. 2021")
+    cert.add_argument("--force", action="store_true",
+                      help="measure the grid certificate again even when certificates.parquet already holds one "
+                           "with these settings (by default it is reused, e.g. when adding --learn-posterior)")
     cert.add_argument("--quiet", action="store_true", help="no progress bar")
     cert.set_defaults(func=friendly(cmd_certify))

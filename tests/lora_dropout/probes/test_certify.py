@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 from peft import get_peft_model_state_dict
@@ -179,7 +180,7 @@ def test_cli_end_to_end_writes_the_table_and_bounds_json(tiny_run, tmp_path, cap
     from analysis.cli import main
 
     run = _copy(tiny_run, tmp_path)
-    (run / "certificates.parquet").unlink()
+    (run / "certificates.parquet").unlink(missing_ok=True)
     argv = ["certify", str(run), "--posterior-std-grid", *map(str, GRID), "--posterior-draws", "2", "--quiet"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -204,12 +205,39 @@ def test_cli_end_to_end_writes_the_table_and_bounds_json(tiny_run, tmp_path, cap
     capsys.readouterr()
 
 
+def test_cli_reuses_a_table_measured_with_the_same_settings_and_measures_otherwise(tiny_run, tmp_path, capsys):
+    from analysis.cli import main
+
+    run = _copy(tiny_run, tmp_path)
+    (run / "certificates.parquet").unlink(missing_ok=True)
+    argv = ["certify", str(run), "--posterior-std-grid", *map(str, GRID), "--posterior-draws", "2", "--quiet"]
+    assert main(argv) == 0
+    first = pd.read_parquet(run / "certificates.parquet")
+    stamp = (run / "certificates.parquet").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0  # the same settings: the table is reused, its report printed again
+    out = capsys.readouterr().out
+    assert "not measured again" in out and "best pacbayes_dropout" in out
+    assert (run / "certificates.parquet").stat().st_mtime_ns == stamp
+    for extra in (["--force"], ["--delta", "0.1"], ["--seed", "7"]):  # measured again
+        assert main([*argv, *extra]) == 0
+        assert "not measured again" not in capsys.readouterr().out
+        assert (run / "certificates.parquet").stat().st_mtime_ns != stamp
+        stamp = (run / "certificates.parquet").stat().st_mtime_ns
+    again = pd.read_parquet(run / "certificates.parquet")
+    assert set(again.delta) == {0.05} and set(again.seed) == {7}
+    # --force with the first settings measures the same numbers (the draws are a function of seed and sample id)
+    assert main([*argv, "--force"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "certificates.parquet"), first)
+    capsys.readouterr()
+
+
 def test_cli_bad_inputs_end_with_one_line(tiny_run, tmp_path, capsys):
     from analysis.cli import main
 
     cases = [
         (["certify", str(tmp_path / "nowhere")], "is not a run directory"),
-        (["certify", str(tiny_run), "--posterior-std-grid", "0.1", "-0.5"], "posterior_std_grid entry -0.5"),
+        (["certify", str(tiny_run), "--posterior-std-grid", "0.1", "-0.5"], "posterior_std_grid must be a finite number > 0, got -0.5"),
     ]
     bare = _copy(tiny_run, tmp_path)
     shutil.rmtree(bare / "prior")
