@@ -28,9 +28,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lora-dropout reproduce --profile quick --out demo-out
 
-# The committed figures/ come from the full profile (CPU hours; resumable: re-run to continue).
+# The committed figures/ come from the full profile (CPU hours; resumable: re-run to continue). Ray runs the
+# independent runs side by side, one single-threaded run per core.
 figures: $(STAMP)
-	$(VENV)/bin/lora-dropout reproduce --profile full --out studies/full --figures-dir figures
+	$(VENV)/bin/lora-dropout reproduce --profile full --out studies/full --figures-dir figures --executor ray
 
 notebooks: $(STAMP)
 	$(PIP) install --quiet -e ".[train,notebooks]"
