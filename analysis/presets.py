@@ -17,8 +17,9 @@ full
     {0, 0.1, 0.3, 0.5} at N = 2, N in {1, 2, 4} at p = 0.3, AdaLoRA with and without LoRA Dropout
     (p = 0.3, N = 2), curvature probes on the LoRA p panel, and all three stability estimators on the
     main configuration (seed 0). The two runs drawn in Figures 1 and 3 evaluate every 6 steps (12
-    points per curve). About 70 minutes on 2 CPU cores before the AdaLoRA arms, the denser curves and eta
-    over all training examples were added; several hours with them (the first run alone: 44 minutes).
+    points per curve); eta on a labelled subset of 128 training examples, evaluation of the training
+    split on 200. Measured on 2026-12-02 with ``make figures`` (Ray, one run per core) on 2 CPU cores:
+    150 minutes wall, 247 CPU-minutes of training and evaluation.
 lm
     Instruction tuning (the paper's third setting at toy size): the embedded SmolLM2-135M-Instruct
     (converted from its GGUF wheel) on instruction-formatted Rotten Tomatoes examples, response-only
@@ -129,7 +130,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "full": Preset(
         description=("full: 3 seeds, n_train 500, p and N grids, AdaLoRA with and without LoRA Dropout, probes on "
-                     "the p panel (several hours on 2 CPU cores)"),
+                     "the p panel (about 2.5 hours on 2 CPU cores)"),
         focus=Focus(0.3, 2),
         # eval_train_size 200: the two dense runs evaluate 12 times, and evaluation (every member on every
         # example) is most of their cost
@@ -143,7 +144,7 @@ PRESETS: dict[str, Preset] = {
                 {"method": "adalora", "dropout_rate": 0.0, "n_instances": 1},
                 {"method": "adalora", "dropout_rate": 0.3, "n_instances": 2}),
         # eta on the first 128 training examples, a subset the report labels: per-sample gradients of all 500
-        # in the delta_w space took most of the 44 minutes of the first run
+        # in the delta_w space took most of the 44 minutes of the first dense run
         post=PostTraining(curvature=False, probe_examples=32, lipschitz_examples=128, lanczos_tol=1e-2),
         post_for=(({"method": "lora", "n_instances": 2}, {"curvature": True}),
                   ({"method": "lora", "dropout_rate": 0.0}, {"curvature": True}),
