@@ -148,7 +148,7 @@ PRESETS: dict[str, Preset] = {
         post=PostTraining(curvature=False, probe_examples=32, lipschitz_examples=128, lanczos_tol=1e-2),
         post_for=(({"method": "lora", "n_instances": 2}, {"curvature": True}),
                   ({"method": "lora", "dropout_rate": 0.0}, {"curvature": True}),
-                  ({"dropout_rate": 0.3, "n_instances": 2, "seed": 0},
+                  ({"method": "lora", "dropout_rate": 0.3, "n_instances": 2, "seed": 0},
                    {"curvature": True, "stability_k": 4, "stability_methods": ("influence", "warm_start", "retrain")})),
         seeds=3,
     ),

@@ -152,6 +152,11 @@ class StudySpec:
             for match, changes in self.post_for:  # matched on the resolved configuration of the point
                 if _matches(resolved, match):
                     post = dataclasses.replace(post, **changes)
+            if post.stability_k and config.adapter.method == "adalora":
+                # caught here, before hours of training, rather than by probe_run after it
+                raise ValueError(f"point {run_id}: stability_k={post.stability_k} on an AdaLoRA run; leave-one-out "
+                                 "stability is implemented for LoRA runs (restrict it with post_for "
+                                 "{'method': 'lora', ...})")
             out.append(Point(run_id, overrides, config, post))
         return out
 

@@ -152,11 +152,8 @@ def _load_model(run_dir: Path, meta: RunMeta, config, num_labels: int):
     Like `lora_dropout.runs.run.load_run`, without preparing the training data (only its size is needed:
     AdaLoRA's schedule spans the run's steps).
     """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     from ..method.persist import read_lora_dropout_config
-    from .train import build_model, phases, resolve_device
+    from .train import build_model, load_adapter, phases, resolve_device
 
     adapter = run_dir / "adapter"
     weights_path = adapter / "adapter_model.safetensors"
@@ -173,7 +170,7 @@ def _load_model(run_dir: Path, meta: RunMeta, config, num_labels: int):
     if saved != handle.config:
         raise ValueError(f"{adapter}: its LoRA Dropout config {saved.to_dict()} differs from the run's "
                          f"{handle.config.to_dict()}")
-    set_peft_model_state_dict(model, load_file(str(weights_path), device=str(resolve_device(tc.device))))
+    load_adapter(model, adapter, device=resolve_device(tc.device))
     return model, handle
 
 

@@ -23,6 +23,7 @@ from .train import (
     adapter_state,
     build_model,
     fit,
+    load_adapter,
     make_optimizer,
     phases,
     prepare,
@@ -155,9 +156,6 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
     The freshly built model is what training started from; loading the saved adapter makes it
     theta(S). ``device`` overrides the device the run used.
     """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     from bounds.runlog import read_run_meta
 
     run_dir = Path(run_dir)
@@ -167,7 +165,5 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
     prepared = prepare(config.train)
     n_steps = phases(config.train, len(prepared.train)).total_steps
     model, handle = build_model(config, len(prepared.splits.label_names), n_steps)
-    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"),
-                        device=str(resolve_device(config.train.device)))
-    set_peft_model_state_dict(model, weights)
+    load_adapter(model, run_dir / "adapter", device=resolve_device(config.train.device))
     return LoadedRun(run_dir, config, prepared, model, handle, n_steps)

@@ -28,9 +28,11 @@ step 0, exactly as a run without a prior.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -190,6 +192,22 @@ def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter(model: torch.nn.Module, adapter_dir: Path, *, device: torch.device | str) -> None:
+    """Load a saved ``adapter/`` (``adapter_model.safetensors``) into a model built as training built it.
+
+    AdaLoRA saves only the ranks its budget kept (``rank_pattern`` in ``adapter_config.json``); peft
+    shrinks the fresh layers to that pattern when the model's config carries it, and keeps ``ranknum``,
+    so the loaded model computes what the trained one did (the pruned ranks had Lambda = 0).
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if is_adalora(model):
+        saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+        model.peft_config[model.active_adapter].rank_pattern = saved.get("rank_pattern")
+    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors"), device=str(device)))
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig, *, lr: float | None = None):

@@ -161,3 +161,14 @@ def test_full_profile_can_decide_the_adalora_claim_and_draws_curves():
             n_steps = tc.epochs * -(-tc.n_train // tc.batch_size)
             evals = set(range(tc.eval_every, n_steps + 1, tc.eval_every)) | {n_steps} | ({0} if tc.eval_at_start else set())
             assert len(evals) >= 10, (pt.run_id, sorted(evals))
+
+
+def test_stability_on_an_adalora_point_is_refused_before_training():
+    # probe_run cannot do leave-one-out on AdaLoRA (its rank allocator is not saved): the spec says so
+    # when it is expanded, naming the point, instead of failing after the run has trained
+    spec = StudySpec(name="s", points=({"method": "adalora"}, {"method": "lora"}), post_for=(({}, {"stability_k": 2}),))
+    with pytest.raises(ValueError, match="point adalora: stability_k=2 on an AdaLoRA run"):
+        spec.expand()
+    lora_only = StudySpec(name="s", points=({"method": "adalora"}, {"method": "lora"}),
+                          post_for=(({"method": "lora"}, {"stability_k": 2}),))
+    assert [pt.post.stability_k for pt in lora_only.expand()] == [0, 2]

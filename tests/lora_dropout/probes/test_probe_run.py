@@ -14,23 +14,25 @@ from lora_dropout.tasks.classification import EncodedSplit
 from tests.tiny import save_tiny_classifier, tiny_lora, write_tiny_csv
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe")
-    config = RunConfig().replace(
+def _tiny_config(root, **sections):
+    return RunConfig().replace(
         train={"model": str(save_tiny_classifier(root / "model")), "data": str(write_tiny_csv(root / "d.csv")),
                "group_column": "group", "n_train": 32, "n_test": None, "epochs": 2, "batch_size": 8,
                "eval_train_size": 16, "lr": 5e-3, "eval_at_start": False},
-        lora_dropout={"dropout_rate": 0.3, "n_instances": 2},
-    )
-    return train_run(config, root / "runs", run_id="tiny", progress=False).run_dir
+        lora_dropout={"dropout_rate": 0.3, "n_instances": 2}, **sections)
 
 
-def test_reloaded_run_reproduces_its_final_losses(tiny_run):
-    run = validate_run(tiny_run)
-    loaded = load_run(tiny_run)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    return train_run(_tiny_config(root), root / "runs", run_id="tiny", progress=False).run_dir
+
+
+def _assert_reload_reproduces_final_test_losses(run_dir):
     from lora_dropout.runs.evaluate import run_split
 
+    run = validate_run(run_dir)
+    loaded = load_run(run_dir)
     logits = run_split(loaded.model, loaded.handle, loaded.prepared.test, "test", batch_size=16, device="cpu")
     samples = run.table("samples")
     last = samples[(samples.step == samples.step.max()) & (samples.split == "test")
@@ -39,6 +41,22 @@ def test_reloaded_run_reproduces_its_final_losses(tiny_run):
     det = torch.nn.functional.cross_entropy(logits.deterministic_logits, torch.tensor(logits.labels),
                                             reduction="none").numpy()[order]
     np.testing.assert_allclose(det, last.loss.to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_reloaded_run_reproduces_its_final_losses(tiny_run):
+    _assert_reload_reproduces_final_test_losses(tiny_run)
+
+
+def test_reloaded_adalora_run_with_pruned_ranks_reproduces_its_final_losses(tmp_path):
+    # AdaLoRA's final phase keeps target_r of r ranks per layer and peft saves only those: the reload
+    # must shrink the fresh layers to the saved rank pattern (with ranknum unchanged), or it fails
+    config = _tiny_config(tmp_path, adapter={"method": "adalora", "r": 4, "target_r": 1})
+    run_dir = train_run(config, tmp_path / "runs", run_id="ada", progress=False).run_dir
+    import json
+
+    pattern = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+    assert pattern and any(not all(kept) for kept in pattern.values())  # some ranks were pruned
+    _assert_reload_reproduces_final_test_losses(run_dir)
 
 
 def test_probe_writes_valid_probes_and_stability_tables(tiny_run):
