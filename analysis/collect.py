@@ -207,7 +207,8 @@ def _collect_run(run: RunLog, run_dir: Path, state: str, *, delta, lam, loss_ran
         m = run.table("modules")
         modules = m[m["step"] == m["step"].max()]
     rows = {
-        "runs": pd.DataFrame([{"state": state, "wall_s": run.meta.wall_s}]),
+        # the commit each run was trained at: a resumed study can mix commits, and its report says so
+        "runs": pd.DataFrame([{"state": state, "wall_s": run.meta.wall_s, "commit": run.meta.git.get("commit")}]),
         "summary": summary.frame(_summary_rows(run, reports, probes, modules)),
         "curves": run.steps,
         "compression": ensemble_compression(run_dir, settings).drop(columns="run_id"),

@@ -69,8 +69,33 @@ def drop_test(study_dir: Path, spec: StudySpec, focus: Focus, cache: Path) -> pd
     return frame
 
 
+def _one_line(error: str) -> str:
+    """The last line of an error (a remote traceback's exception), for a report bullet."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def run_commits(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Run ids by the commit each was trained at (``unknown`` when its meta.json has none)."""
+    out: dict[str, list[str]] = {}
+    if "commit" in runs:
+        for run_id, commit in zip(runs["run_id"], runs["commit"], strict=True):
+            out.setdefault(commit if isinstance(commit, str) and commit else "unknown", []).append(run_id)
+    return {commit: sorted(ids) for commit, ids in sorted(out.items())}
+
+
+def _run_commit_lines(provenance: dict) -> list[str]:
+    # finished runs are kept when a study resumes, so they may come from an older commit than the report
+    commits = provenance.get("run_commits") or {}
+    if not commits or set(commits) == {provenance["commit"]}:
+        return []
+    parts = [f"`{c}` ({len(ids)} runs: {', '.join(ids)})" for c, ids in commits.items()]
+    return [f"The runs were trained at other commits than this report's (a resumed study keeps finished runs): "
+            f"{'; '.join(parts)}.", ""]
+
+
 def write_report(path: Path, profile: Profile, claims: list[Claim], figures: list[Path], skipped, wall_s: float,
-                 runs_wall_s: float, provenance: dict, disagreements=()) -> Path:
+                 runs_wall_s: float, provenance: dict, disagreements=(), failed: dict[str, str] | None = None) -> Path:
     lines = [
         f"# LoRA Dropout reproduction: profile `{profile.name}`",
         "",
@@ -78,6 +103,7 @@ def write_report(path: Path, profile: Profile, claims: list[Claim], figures: lis
         f"`{provenance['commit']}`{' (dirty checkout)' if provenance['dirty'] else ''}; "
         f"regenerate with `{provenance['command']}`.",
         "",
+        *_run_commit_lines(provenance),
         "## Claims",
         "",
         "Each claim of the paper (theory.md section 5) and of its theory, checked on this study's "
@@ -98,6 +124,8 @@ def write_report(path: Path, profile: Profile, claims: list[Claim], figures: lis
     lines += [f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in figures]
     if skipped:
         lines += ["", "## Skipped runs", ""] + [f"- `{run}`: {reason}" for run, reason in skipped]
+    if failed:  # the run's training record (if any) is collected above; its failed step is named here
+        lines += ["", "## Failed runs", ""] + [f"- `{run}`: {_one_line(error)}" for run, error in failed.items()]
     # a resumed invocation is short; the summed run times say what the study itself cost
     lines += ["", f"Wall time of this invocation: {wall_s / 60:.1f} minutes (finished runs are kept, not redone); "
               f"training and evaluation of all runs: {runs_wall_s / 60:.1f} minutes in total.", ""]
@@ -136,6 +164,7 @@ def reproduce(profile: str | Profile, out: str | Path, *, executor: str = "local
         "commit": git["commit"], "dirty": git["dirty"], "profile": prof.name, "date": utc_now(),
         "command": command,
         "config": prof.spec.to_dict(), "run_ids": sorted(coll.runs["run_id"]) if len(coll.runs) else [],
+        "run_commits": run_commits(coll.runs),
         "versions": versions(),
     }
     figure_list = study_figures(coll, ablation_arm, prof.focus)
@@ -144,5 +173,5 @@ def reproduce(profile: str | Profile, out: str | Path, *, executor: str = "local
     wall = time.monotonic() - t0
     runs_wall = float(coll.runs["wall_s"].sum()) if "wall_s" in coll.runs else float("nan")
     report = write_report(out / "report.md", prof, claims, figures, coll.skipped, wall, runs_wall, provenance,
-                          disagreements=estimator_disagreement(coll.summary))
+                          disagreements=estimator_disagreement(coll.summary), failed=study.failed)
     return ReproduceResult(out, report, figures, claims, study.failed, wall)

@@ -100,7 +100,10 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
         sidecar = json.loads(png.with_suffix(".json").read_text())
         assert {"commit", "dirty", "run_ids", "versions", "date", "command", "config", "table"} <= set(sidecar)
         assert sidecar["run_ids"] and sidecar["table"]
+        # every run was trained here, by this checkout: one commit, all runs
+        assert list(sidecar["run_commits"].values()) == [sidecar["run_ids"]]
     report = result.report.read_text()
+    assert "trained at other commits" not in report and "## Failed runs" not in report
     for claim in result.claims:
         assert claim.statement in report
     assert "Wall time" in report
@@ -108,6 +111,15 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
     again = reproduce(profile, tmp_path, progress=False)
     assert again.claims == result.claims
     assert (recertified / "certificates.parquet").is_file() and read_meta(recertified)["started_at"] == started
+    # a run kept from an older commit (resuming keeps finished runs) is named with that commit
+    meta_path = tmp_path / "runs" / "p0.6-N2-seed0" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["git"]["commit"] = "0" * 40
+    meta_path.write_text(json.dumps(meta))
+    kept = reproduce(profile, tmp_path, progress=False)
+    assert f"`{'0' * 40}` (1 runs: p0.6-N2-seed0)" in kept.report.read_text()
+    sidecar = json.loads(kept.figures[0].with_suffix(".json").read_text())
+    assert sidecar["run_commits"]["0" * 40] == ["p0.6-N2-seed0"]
 
 
 def _check_certificates(out, result, spec):
@@ -172,3 +184,14 @@ def test_stability_on_an_adalora_point_is_refused_before_training():
     lora_only = StudySpec(name="s", points=({"method": "adalora"}, {"method": "lora"}),
                           post_for=(({"method": "lora"}, {"stability_k": 2}),))
     assert [pt.post.stability_k for pt in lora_only.expand()] == [0, 2]
+
+
+def test_report_lists_failed_runs_by_their_error(tmp_path):
+    from analysis.reproduce import write_report
+
+    profile = make_profile("quick")
+    provenance = {"date": "d", "commit": "c", "dirty": False, "command": "x", "run_commits": {"c": ["a"]}}
+    error = "RayTaskError(RuntimeError): ray::execute_point()\n  File ...\nRuntimeError: size mismatch for lora_A"
+    text = write_report(tmp_path / "r.md", profile, [], [], [], 1.0, 2.0, provenance,
+                        failed={"adalora-seed0": error}).read_text()
+    assert "## Failed runs\n\n- `adalora-seed0`: RuntimeError: size mismatch for lora_A" in text
