@@ -13,3 +13,15 @@ except ImportError:  # pragma: no cover
     torch = None
 else:
     torch.set_num_threads(1)
+
+
+if torch is not None:
+    import pytest
+
+    @pytest.fixture
+    def all_cores():
+        """Every core for a test that trains the real pretrained model (one thread suits tiny models only)."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        yield
+        torch.set_num_threads(before)
