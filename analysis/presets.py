@@ -15,11 +15,12 @@ quick
 full
     The CPU study behind the committed ``figures/``: three seeds, 500 training examples, p in
     {0, 0.1, 0.3, 0.5} at N = 2, N in {1, 2, 4} at p = 0.3, AdaLoRA with and without LoRA Dropout
-    (p = 0.3, N = 2, at its own learning rate, 1e-2: see `ADALORA_LR`), curvature probes on the LoRA p panel, and all three stability estimators on the
-    main configuration (seed 0). The two runs drawn in Figures 1 and 3 evaluate every 6 steps (12
-    points per curve); eta on a labelled subset of 128 training examples, evaluation of the training
-    split on 200. Measured on 2026-12-02 with ``make figures`` (Ray, one run per core) on 2 CPU cores:
-    150 minutes wall, 247 CPU-minutes of training and evaluation.
+    (p = 0.3, N = 2, at its own learning rate: see `ADALORA_LR`), curvature probes on the LoRA p
+    panel, and all three stability estimators on the main configuration (seed 0). The two runs drawn
+    in Figures 1 and 3 evaluate every 6 steps (12 points per curve); eta on a labelled subset of 128
+    training examples, evaluation of the training split on 200. Measured on 2026-12-02 with ``make
+    figures`` (Ray, one run per core) on 2 CPU cores: 150 minutes wall, 247 CPU-minutes of training
+    and evaluation.
 lm
     Instruction tuning (the paper's third setting at toy size): the embedded SmolLM2-135M-Instruct
     (converted from its GGUF wheel) on instruction-formatted Rotten Tomatoes examples, response-only
