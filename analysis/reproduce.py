@@ -89,9 +89,9 @@ def _run_commit_lines(provenance: dict) -> list[str]:
     commits = provenance.get("run_commits") or {}
     if not commits or set(commits) == {provenance["commit"]}:
         return []
-    parts = [f"`{c}` ({len(ids)} runs: {', '.join(ids)})" for c, ids in commits.items()]
-    return [f"The runs were trained at other commits than this report's (a resumed study keeps finished runs): "
-            f"{'; '.join(parts)}.", ""]
+    parts = [f"`{c}` ({len(ids)} run{'s' if len(ids) > 1 else ''}: {', '.join(ids)})" for c, ids in commits.items()]
+    return [f"Runs by the commit they were trained at (a resumed study keeps finished runs, so not all of them "
+            f"come from this report's commit): {'; '.join(parts)}.", ""]
 
 
 def write_report(path: Path, profile: Profile, claims: list[Claim], figures: list[Path], skipped, wall_s: float,

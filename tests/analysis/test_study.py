@@ -103,7 +103,7 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
         # every run was trained here, by this checkout: one commit, all runs
         assert list(sidecar["run_commits"].values()) == [sidecar["run_ids"]]
     report = result.report.read_text()
-    assert "trained at other commits" not in report and "## Failed runs" not in report
+    assert "Runs by the commit" not in report and "## Failed runs" not in report
     for claim in result.claims:
         assert claim.statement in report
     assert "Wall time" in report
@@ -117,7 +117,7 @@ def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_pat
     meta["git"]["commit"] = "0" * 40
     meta_path.write_text(json.dumps(meta))
     kept = reproduce(profile, tmp_path, progress=False)
-    assert f"`{'0' * 40}` (1 runs: p0.6-N2-seed0)" in kept.report.read_text()
+    assert f"`{'0' * 40}` (1 run: p0.6-N2-seed0)" in kept.report.read_text()
     sidecar = json.loads(kept.figures[0].with_suffix(".json").read_text())
     assert sidecar["run_commits"]["0" * 40] == ["p0.6-N2-seed0"]
 
