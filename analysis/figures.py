@@ -68,9 +68,9 @@ def study_figures(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> li
         Figure("stability_beta", "Measured beta_hat vs Prop. 4.2",
                tables.stability(coll.summary, coll.runs), plots.plot_stability, {}),
         Figure("compression_risk", f"Ensemble vs mean member risk (p = {p:g}, N = {n}; Thm 4.5)",
-               tables.compression(coll.compression, where=main), plots.plot_compression, {}),
+               tables.compression(coll.compression, where={**main, **lora}), plots.plot_compression, {}),
         Figure("compression_jensen_gap", f"Jensen gap over ensemble size (p = {p:g}, N = {n}; Thm 4.5)",
-               tables.compression(coll.compression, where=main), plots.plot_jensen_gap, {}),
+               tables.compression(coll.compression, where={**main, **lora}), plots.plot_jensen_gap, {}),
         Figure("sparsity", "Realised vs nominal sparsity of dW_hat",
                tables.sparsity(coll.modules), plots.plot_sparsity, {}),
     ]

@@ -195,3 +195,24 @@ def test_report_lists_failed_runs_by_their_error(tmp_path):
     text = write_report(tmp_path / "r.md", profile, [], [], [], 1.0, 2.0, provenance,
                         failed={"adalora-seed0": error}).read_text()
     assert "## Failed runs\n\n- `adalora-seed0`: RuntimeError: size mismatch for lora_A" in text
+
+
+def test_ensemble_figures_draw_the_lora_runs_of_the_focus_only(tiny, tmp_path):
+    # AdaLoRA runs share p and N with the focus configuration; Theorem 4.5's figures are of LoRA Dropout
+    from analysis import tables
+    from analysis.figures import study_figures
+    from analysis.presets import Focus
+
+    spec = StudySpec(name="mixed", base=RunConfig().replace(train=tiny, adapter={"r": 4, "target_r": 2}),
+                     points=({"method": "lora", "dropout_rate": 0.3, "n_instances": 2},
+                             {"method": "adalora", "dropout_rate": 0.3, "n_instances": 2, "lr": 0.1}))
+    assert not run_study(spec, tmp_path / "runs", progress=False).failed
+    coll = collect(tmp_path / "runs")
+    comp = coll.compression
+    assert set(comp["method"]) == {"lora", "adalora"}
+    figures = {f.name: f.table for f in study_figures(coll, pd.DataFrame(), Focus(0.3, 2))}
+    expected = tables.compression(comp[comp["method"] == "lora"])
+    mixed = tables.compression(comp)
+    assert not np.allclose(expected["ensemble_risk"], mixed["ensemble_risk"])  # the arms differ, so mixing shows
+    for name in ("compression_risk", "compression_jensen_gap"):
+        pd.testing.assert_frame_equal(figures[name], expected)
