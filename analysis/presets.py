@@ -19,8 +19,8 @@ full
     panel, and all three stability estimators on the main configuration (seed 0). The two runs drawn
     in Figures 1 and 3 evaluate every 6 steps (12 points per curve); eta on a labelled subset of 128
     training examples, evaluation of the training split on 200. Measured on 2026-12-02 with ``make
-    figures`` (Ray, one run per core) on 2 CPU cores: 150 minutes wall, 247 CPU-minutes of training
-    and evaluation.
+    figures`` (Ray, one run per core) on 2 CPU cores: 150 minutes wall; 239 CPU-minutes of training
+    and evaluation with the AdaLoRA arms at ``ADALORA_LR`` (they were retrained at it, 24 minutes).
 lm
     Instruction tuning (the paper's third setting at toy size): the embedded SmolLM2-135M-Instruct
     (converted from its GGUF wheel) on instruction-formatted Rotten Tomatoes examples, response-only
