@@ -209,7 +209,10 @@ def check_learned_certificates(frame: pd.DataFrame) -> list[str]:
 def read_prior_record(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN_DIR/prior/prior.json`` (`PRIOR_FILES`) checked, or None when the run has none.
 
-    Returns ``{"prior_fraction": float, "prior_ids": list[int], "certifiable_ids": list[int]}``.
+    Returns ``{"prior_fraction": float, "prior_ids": list[int], "certifiable_ids": list[int], "level": str,
+    "prior_groups": list[str] | None, "certifiable_groups": list[str] | None, "prior_fingerprint": str | None,
+    "certifiable_fingerprint": str | None}``. Runs trained before the group-level split have no ``level``
+    (their prior took rows: ``"row"``), no groups and no fingerprints (None).
 
     Raises
     ------
@@ -230,8 +233,24 @@ def read_prior_record(run_dir: str | Path) -> dict[str, Any] | None:
         ids = record[key]
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise RunLogError(f"{path}: {key} must be a list of integer sample ids")
+    level = record.get("level", "row")
+    if level not in ("group", "row"):
+        raise RunLogError(f"{path}: level must be 'group' or 'row', got {level!r}")
+    extra = {}
+    for key in ("prior_groups", "certifiable_groups"):
+        groups = record.get(key)
+        if groups is not None and (not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)):
+            raise RunLogError(f"{path}: {key} must be a list of group names")
+        extra[key] = None if groups is None else list(groups)
+    if level == "group" and (extra["prior_groups"] is None or extra["certifiable_groups"] is None):
+        raise RunLogError(f"{path}: a group-level prior split lists prior_groups and certifiable_groups")
+    for key in ("prior_fingerprint", "certifiable_fingerprint"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RunLogError(f"{path}: {key} must be a sha256 hex digest, got {value!r}")
+        extra[key] = value
     return {"prior_fraction": float(fraction), "prior_ids": list(record["prior_ids"]),
-            "certifiable_ids": list(record["certifiable_ids"])}
+            "certifiable_ids": list(record["certifiable_ids"]), "level": level, **extra}
 
 
 def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:

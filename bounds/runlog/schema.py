@@ -39,7 +39,7 @@ META_FIELDS = {
     "prior": "dict or null (runs before it): prior_fraction, n_prior and n_certifiable (examples the prior "
              "trained on / not), prior_steps, and the posterior phase: posterior_first_step (= prior_steps; "
              "steps.jsonl's step counts both phases), posterior_first_epoch, posterior_epochs, posterior_lr "
-             "(steps.jsonl's epoch counts posterior epochs)",
+             "(steps.jsonl's epoch counts posterior epochs), split_level (group or row: what the prior took whole)",
     "final": "dict: metrics of the last evaluation, keyed split/predictor",
 }
 REQUIRED_META = ("schema_version", "run_id", "status", "config", "started_at")
@@ -52,11 +52,14 @@ PRIOR_FILES = {
     "init.safetensors": "the trainable parameters at the seeded initialisation, before any step (the "
                         "data-free prior mean)",
     "prior.safetensors": "the prior mean trained on prior_ids (only when prior_fraction > 0): config.train.epochs "
-                         "epochs at config.train.lr on the first floor(prior_fraction * n) positions of the "
-                         "seeded prior order (lora_dropout.runs.train.prior_order); the posterior trains from it",
-    "prior.json": '{"prior_fraction": float, "prior_ids": [sample ids the prior trained on], "certifiable_ids": '
-                  "[the other training sample ids]}, both in the training split's order; prior_fraction 0: "
-                  "prior_ids [] and certifiable_ids every training id",
+                         "epochs at config.train.lr on the rows of the first floor(prior_fraction * G) groups of "
+                         "the seeded prior order (lora_dropout.runs.train.prior_split), or of the first "
+                         "floor(prior_fraction * n) rows when the data have no groups; the posterior trains from it",
+    "prior.json": '{"prior_fraction": float, "level": "group"|"row", "prior_ids": [sample ids the prior trained '
+                  'on], "certifiable_ids": [the other training sample ids], "prior_groups" and '
+                  '"certifiable_groups" (level group): [group names], "prior_fingerprint" and '
+                  '"certifiable_fingerprint": sha256 of the (sample_id, label, text) of each id list}, in the '
+                  "training split's order; prior_fraction 0: prior_ids [] and certifiable_ids every training id",
 }
 
 #: A posterior learned by minimising the certificate (``lora-dropout certify --learn-posterior``,

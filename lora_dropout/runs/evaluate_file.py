@@ -165,7 +165,8 @@ def _load_model(run_dir: Path, meta: RunMeta, config, num_labels: int):
         from .train import load_splits
 
         n_train = len(load_splits(tc).train)
-    model, handle = build_model(config, num_labels, phases(tc, int(n_train)).total_steps)
+    n_prior = None if meta.prior is None else meta.prior.get("n_prior")  # the prior phase's examples, as trained
+    model, handle = build_model(config, num_labels, phases(tc, int(n_train), n_prior).total_steps)
     saved = read_lora_dropout_config(adapter)
     if saved != handle.config:
         raise ValueError(f"{adapter}: its LoRA Dropout config {saved.to_dict()} differs from the run's "

@@ -18,6 +18,7 @@ from ..method.persist import save_lora_dropout
 from .config import RunConfig, derive_seed
 from .writer import RunWriter
 from .sparsity import module_sparsity
+from ..tasks.splits import examples_fingerprint
 from .train import (
     Prepared,
     adapter_state,
@@ -27,7 +28,7 @@ from .train import (
     make_optimizer,
     phases,
     prepare,
-    prior_positions,
+    prior_split,
     resolve_device,
 )
 
@@ -41,6 +42,31 @@ class RunResult:
 def new_run_id(config: RunConfig) -> str:
     """``<UTC time>-<config digest>``: sortable, and traceable to its configuration."""
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{config.digest()}"
+
+
+def row_groups(prepared: Prepared) -> list:
+    """The group of every row of ``prepared.train`` (None where the data have no groups), by sample id."""
+    by_id = dict(zip(prepared.splits.train["sample_id"].astype(int), prepared.splits.train["group"], strict=True))
+    return [by_id[int(i)] for i in prepared.train.sample_ids]
+
+
+def prior_json(prepared: Prepared, split, tc) -> dict:
+    """``prior/prior.json`` (`bounds.runlog.PRIOR_FILES`): which examples (and groups) the prior trained on, which
+    may be certified, and the fingerprints of both lists' texts and labels (`examples_fingerprint`)."""
+    ids = prepared.train.sample_ids
+    inside = np.isin(np.arange(len(ids)), split.positions)
+    prior_ids = [int(i) for i in ids[inside]]
+    certifiable_ids = [int(i) for i in ids[~inside]]
+    groups = row_groups(prepared)
+    record = {"prior_fraction": float(tc.prior_fraction), "level": split.level, "prior_ids": prior_ids,
+              "certifiable_ids": certifiable_ids,
+              "prior_fingerprint": examples_fingerprint(prepared.splits.train, prior_ids),
+              "certifiable_fingerprint": examples_fingerprint(prepared.splits.train, certifiable_ids)}
+    if split.level == "group":
+        chosen = set(split.prior_groups)
+        record["prior_groups"] = list(split.prior_groups)
+        record["certifiable_groups"] = list(dict.fromkeys(g for g in groups if g not in chosen))
+    return record
 
 
 def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, progress: bool = True
@@ -59,7 +85,8 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
     """
     tc = config.train
     prepared = prepare(tc)
-    schedule = phases(tc, len(prepared.train))  # raises before anything is written
+    split = prior_split(row_groups(prepared), tc)
+    schedule = phases(tc, len(prepared.train), len(split.positions))  # raises before anything is written
     n_steps = schedule.total_steps
     model, handle = build_model(config, len(prepared.splits.label_names), n_steps)
     run_id = run_id or new_run_id(config)
@@ -68,14 +95,13 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
     # the sizes as resolved against the data (the config may say "auto"): n_train and n_test from the
     # split itself, and the training examples of the train-risk evaluation
     data = {**prepared.splits.describe(), "eval_train_size": len(prepared.eval_train)}
-    in_prior = prior_positions(len(prepared.train), tc)
-    ids = prepared.train.sample_ids
-    prior_ids = [int(i) for i in ids[in_prior]]
-    certifiable_ids = [int(i) for i in ids[~np.isin(np.arange(len(ids)), in_prior)]]
-    prior = {"prior_fraction": float(tc.prior_fraction), "n_prior": len(prior_ids),
-             "n_certifiable": len(certifiable_ids), "prior_steps": schedule.prior_steps,
+    in_prior = split.positions
+    prior_record = prior_json(prepared, split, tc)
+    prior = {"prior_fraction": float(tc.prior_fraction), "n_prior": len(prior_record["prior_ids"]),
+             "n_certifiable": len(prior_record["certifiable_ids"]), "prior_steps": schedule.prior_steps,
              "posterior_first_step": schedule.prior_steps, "posterior_first_epoch": schedule.posterior_first_epoch,
-             "posterior_epochs": schedule.posterior_epochs, "posterior_lr": schedule.posterior_lr}
+             "posterior_epochs": schedule.posterior_epochs, "posterior_lr": schedule.posterior_lr,
+             "split_level": split.level}
     writer = RunWriter(Path(out) / run_id, run_id=run_id, config=config.to_dict(), seeds=seeds,
                        data=data, device=str(device), prior=prior)
     window: list[float] = []  # Eq. 7 losses since the last evaluation
@@ -121,8 +147,7 @@ def train_run(config: RunConfig, out: str | Path, *, run_id: str | None = None, 
 
     with writer, bar:
         writer.save_tensors("prior/init.safetensors", adapter_state(model))
-        writer.save_json("prior/prior.json", {"prior_fraction": float(tc.prior_fraction), "prior_ids": prior_ids,
-                                              "certifiable_ids": certifiable_ids})
+        writer.save_json("prior/prior.json", prior_record)
         step = 0
         if schedule.n_prior:
             step = fit(model, handle, prepared.train.subset(in_prior), tc, on_step=lambda info: bar.update(1))
@@ -163,7 +188,8 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
     if device is not None:
         config = config.replace(train={"device": device})
     prepared = prepare(config.train)
-    n_steps = phases(config.train, len(prepared.train)).total_steps
+    n_prior = len(prior_split(row_groups(prepared), config.train).positions)
+    n_steps = phases(config.train, len(prepared.train), n_prior).total_steps
     model, handle = build_model(config, len(prepared.splits.label_names), n_steps)
     load_adapter(model, run_dir / "adapter", device=resolve_device(config.train.device))
     return LoadedRun(run_dir, config, prepared, model, handle, n_steps)

@@ -11,13 +11,17 @@ init       the new classification head and LoRA's A (torch global RNG, seeded be
 order      ``np.random.default_rng([order_seed, epoch]).permutation(n)`` per epoch
 masks      counter-based, keyed by (seed, epoch, sample_id, instance) (`LoraDropout.sample`)
 dropout    the base model's own dropout, if enabled (torch global RNG, seeded at the start)
-prior      ``np.random.default_rng(prior_seed).permutation(n)``: the prior order (`prior_order`)
+prior      ``np.random.default_rng(prior_seed).permutation(units)``: the prior order of the groups, or of
+           the rows when the data have none (`prior_order`, `prior_split`)
 =========  =================================================================================
 
 Two phases (theory.md section 6, "Priors"; `phases`): with ``prior_fraction = alpha > 0`` a prior mean
-is first trained on the prior examples, the first ``floor(alpha n)`` positions of `prior_order` (a
-stream of its own, so independent of every epoch's order), exactly as a run on just those examples
-(`fit` on ``data.subset(prior_positions(...))``: ``epochs`` at ``lr``, same masks, N instances and
+is first trained on the prior examples (`prior_split`): when the training split has groups (the default
+data: movies; a user's ``group_column``), every row of the first ``floor(alpha G)`` of its ``G`` groups in
+`prior_order`; otherwise the first ``floor(alpha n)`` rows. Whole groups, because a certificate needs the
+certified examples independent of the prior (docs/certificate.md, "Premises"). The prior order is a stream of
+its own, so independent of every epoch's order. The prior trains exactly as a run on just those examples
+(`fit` on ``data.subset(split.positions)``: ``epochs`` at ``lr``, same masks, N instances and
 objective; its epoch orders are ``epoch_order(n_prior, seed, e)`` over that subset). The posterior then
 trains from the prior on all ``n`` examples with a fresh optimizer at ``posterior_lr`` for
 ``posterior_epochs``, continuing the streams: its epochs are numbered from ``epochs`` and its steps from
@@ -62,9 +66,57 @@ def prior_size(n: int, fraction: float) -> int:
     return math.floor(round(fraction * n, 9))
 
 
-def prior_positions(n: int, tc: TrainConfig) -> np.ndarray:
-    """Positions (in the training split's order, ascending) of the examples the prior trains on."""
-    return np.sort(prior_order(n, tc.seed)[: prior_size(n, tc.prior_fraction)])
+#: The levels a prior split (and a certificate) can be stated at.
+SPLIT_LEVELS = ("group", "row")
+
+
+@dataclass(frozen=True)
+class PriorSplit:
+    """Which training examples the PAC-Bayes prior trains on (docs/certificate.md, "Priors").
+
+    Attributes
+    ----------
+    positions : ndarray of int
+        Positions in the training split's order (ascending) of the prior's examples.
+    level : {"group", "row"}
+        ``group`` when the split has groups: the prior takes whole groups, so no group is on both sides.
+    prior_groups : tuple of str
+        The groups the prior trains on (empty at row level).
+    """
+
+    positions: np.ndarray
+    level: str
+    prior_groups: tuple[str, ...]
+
+
+def training_groups(groups) -> list[str] | None:
+    """The group of every training row as a list of str, or None when the split has no groups."""
+    values = list(groups)
+    if not values or all(g is None or (isinstance(g, float) and math.isnan(g)) for g in values):
+        return None
+    missing = [i for i, g in enumerate(values) if g is None or (isinstance(g, float) and math.isnan(g))]
+    if missing:
+        raise ValueError(f"training split: row {missing[0]} has no group while others have one; a group-level "
+                         "prior split needs a group on every row")
+    return [str(g) for g in values]
+
+
+def prior_split(groups, tc: TrainConfig) -> PriorSplit:
+    """The prior's examples of a training split whose rows have ``groups`` (None or missing: no groups).
+
+    With groups, the distinct groups are taken in the order they first occur in the split and permuted
+    by `prior_order`; the prior gets every row of the first ``floor(prior_fraction G)`` of them. Without,
+    the prior gets the first ``floor(prior_fraction n)`` rows of `prior_order`.
+    """
+    names = training_groups(groups)
+    n = len(groups)
+    if names is None:
+        return PriorSplit(np.sort(prior_order(n, tc.seed)[: prior_size(n, tc.prior_fraction)]), "row", ())
+    distinct = list(dict.fromkeys(names))
+    order = prior_order(len(distinct), tc.seed)[: prior_size(len(distinct), tc.prior_fraction)]
+    chosen = {distinct[i] for i in order}
+    positions = np.flatnonzero([g in chosen for g in names]).astype(np.int64)
+    return PriorSplit(positions, "group", tuple(distinct[i] for i in np.sort(order)))
 
 
 @dataclass(frozen=True)
@@ -84,15 +136,16 @@ class Phases:
         return self.prior_steps + self.posterior_steps
 
 
-def phases(tc: TrainConfig, n: int) -> Phases:
+def phases(tc: TrainConfig, n: int, n_prior: int | None = None) -> Phases:
     """The two training phases of a run of ``n`` examples under ``tc`` (see the module docstring).
 
-    Raises ValueError when ``prior_fraction > 0`` gives no prior example.
+    ``n_prior``: the prior's examples (``len(prior_split(...).positions)``); default the row-level count
+    ``floor(prior_fraction n)``. Raises ValueError when ``prior_fraction > 0`` gives no prior example.
     """
-    n_prior = prior_size(n, tc.prior_fraction)
+    n_prior = prior_size(n, tc.prior_fraction) if n_prior is None else int(n_prior)
     if tc.prior_fraction > 0 and n_prior == 0:
         raise ValueError(f"prior_fraction={tc.prior_fraction!r} of n_train={n} gives no prior example "
-                         f"(floor({tc.prior_fraction!r} * {n}) = 0); use a larger fraction or 0")
+                         f"(floor({tc.prior_fraction!r} times the groups or rows) = 0); use a larger fraction or 0")
     epochs = tc.epochs if tc.posterior_epochs is None else tc.posterior_epochs
     return Phases(
         n_prior=n_prior,
@@ -252,7 +305,7 @@ def fit(
     Parameters
     ----------
     exclude : sample ids skipped (leave-one-out): the order of the others is unchanged. (The prior phase
-        of a run instead trains on ``data.subset(prior_positions(...))``: see the module docstring.)
+        of a run instead trains on ``data.subset(prior_split(...).positions)``: see the module docstring.)
     on_step : called after each optimizer step.
     should_eval, on_eval : ``should_eval(step, end_of_epoch)`` decides; ``on_eval(step, epoch)`` evaluates.
     epochs, first_epoch : train epochs ``first_epoch .. first_epoch + epochs - 1`` (default: all of

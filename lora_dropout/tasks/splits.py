@@ -34,8 +34,10 @@ deep-learning stack.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 
 import numpy as np
 import pandas as pd
@@ -43,7 +45,7 @@ import pandas as pd
 from ..method.validation import check_count
 from .tables import require_columns
 
-__all__ = ["COLUMNS", "TextSplits", "make_splits"]
+__all__ = ["COLUMNS", "TextSplits", "examples_fingerprint", "make_splits"]
 
 COLUMNS = ("sample_id", "text", "label", "group")
 """Columns of ``TextSplits.train`` and ``TextSplits.test``, in this order."""
@@ -149,6 +151,21 @@ class TextSplits:
             },
             "n_groups": {name: int(frame["group"].nunique(dropna=True)) for name, frame in splits.items()},
         }
+
+
+def examples_fingerprint(frame: pd.DataFrame, sample_ids: Sequence[int]) -> str:
+    """sha256 over the ``(sample_id, label, text)`` of ``sample_ids``, in that order (hex digest).
+
+    Recorded beside a PAC-Bayes prior when a run is trained and recomputed when it is certified
+    (docs/certificate.md, "Premises"): ids that now point at other texts or labels (an edited or
+    reordered data file) give another digest.
+    """
+    rows = frame.set_index("sample_id").loc[[int(i) for i in sample_ids], ["label", "text"]]
+    digest = hashlib.sha256()
+    for sample_id, label, text in zip(rows.index, rows["label"], rows["text"], strict=True):
+        digest.update(f"{int(sample_id)}\t{int(label)}\t{len(text)}\t".encode())
+        digest.update(str(text).encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _encode_labels(
