@@ -196,9 +196,9 @@ def evaluate_file(
     device : default: the run's.
     overwrite : replace an existing evaluation of that name (else it is an error).
     """
+    from .config import RunConfig
     from .evaluate import calibration_rows, run_split, sample_frame, summary_rows
     from .models import load_tokenizer
-    from .config import RunConfig
     from .train import resolve_device
 
     t0 = time.monotonic()

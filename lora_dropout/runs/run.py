@@ -13,12 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..method.apply import LoraDropout
-from .evaluate import calibration_rows, run_split, sample_frame, summary_rows
 from ..method.persist import save_lora_dropout
-from .config import RunConfig, derive_seed
-from .writer import RunWriter
-from .sparsity import module_sparsity
 from ..tasks.splits import examples_fingerprint
+from .config import RunConfig, derive_seed
+from .evaluate import calibration_rows, run_split, sample_frame, summary_rows
+from .sparsity import module_sparsity
 from .train import (
     Prepared,
     adapter_state,
@@ -31,6 +30,7 @@ from .train import (
     prior_split,
     resolve_device,
 )
+from .writer import RunWriter
 
 
 @dataclass(frozen=True)

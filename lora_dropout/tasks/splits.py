@@ -38,7 +38,6 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
 import numpy as np
 import pandas as pd
 

@@ -10,8 +10,8 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from bounds.runlog import read_run, validate_run
-from lora_dropout.runs.run import train_run
 from lora_dropout.runs.config import RunConfig, TrainConfig, derive_seed
+from lora_dropout.runs.run import train_run
 from lora_dropout.runs.train import adapter_state, build_model, fit, phases, prepare, trainable_parameters
 from tests.tiny import save_tiny_classifier, write_tiny_csv
 
