@@ -54,26 +54,31 @@ def cmd_certify(args: argparse.Namespace) -> int:
     wanted = CertificateSettings(posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
                                  delta_mc=args.delta_mc, prior=args.prior, seed=args.seed)
     path = args.run_dir / TABLES["certificates"].filename
-    if not args.force and certificates_match(args.run_dir, wanted):
+    rows_level = (args.run_dir / TABLES["certificates_iid_rows"].filename).is_file()
+    if not args.force and certificates_match(args.run_dir, wanted) and rows_level == args.assume_iid_rows:
         # the draws are a function of (seed, sample id, draw): measuring again would give the same table
-        print(f"{path} already holds this grid, k, delta, delta_mc, prior and seed: not measured again "
-              "(--force measures it again)")
+        print(f"{path} already holds this grid, k, delta, delta_mc, prior, seed and level: not measured again "
+              "(--force measures it again, and counts as one more certificate tried on the run)")
         table = pd.read_parquet(path)
     else:
         try:
             table = certify_run(args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws,
                                 delta=args.delta, delta_mc=args.delta_mc, prior=args.prior,
-                                batch_size=args.batch_size, seed=args.seed, device=args.device,
+                                assume_iid_rows=args.assume_iid_rows, batch_size=args.batch_size, seed=args.seed, device=args.device,
                                 progress=not args.quiet).table
         except KeyboardInterrupt:
             print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
             return 130
     reports = certificate_reports(args.run_dir, posterior_std_grid=grid)
     row = table.iloc[0]
-    print(f"certify {reports[0].run_id}: prior={row.prior}, n_b={int(row.n_bound)}, k={int(row.draws)}, "
+    tried = int({q.name: q.value for q in reports[0].inputs}["certificates_tried"])
+    print(f"certify {reports[0].run_id}: prior={row.prior}, level {row.level} ({row.premise}), n_b={int(row.n_bound)} "
+          f"{'groups' if row.level == 'group' else 'rows'} ({int(row.n_bound_rows)} rows), k={int(row.draws)}, "
           f"n_test={int(row.n_test)}, delta={row.delta:g} + delta_mc={row.delta_mc:g} over {len(grid)} "
-          f"posterior_std, {int(row.passes)} passes (grid x k) over the certified and test splits")
-    print(_format_certificates(certificate_table(table), reports))
+          f"posterior_std and {tried} certificate(s) tried on the run, {int(row.passes)} passes (grid x k) over "
+          "the certified and test splits")
+    d = {q.name: q.value for q in reports[0].inputs}
+    print(_format_certificates(certificate_table(table, delta=d["delta"], delta_mc=d["delta_mc"]), reports))
     settings = dataclasses.replace(wanted, prior=str(row.prior), seed=int(row.seed))
     written = [path]
     if args.learn_posterior:
@@ -110,7 +115,7 @@ def _learn(args: argparse.Namespace, grid: tuple[float, ...], prior: str) -> lis
 def add_certify(sub) -> None:
     """The ``certify`` parser."""
     cert = sub.add_parser("certify", help="PAC-Bayes dropout certificate of a finished run (toolkit's own)",
-                          description="Measure the PAC-Bayes dropout certificate (theory.md section 6) of a finished "
+                          description="Measure the PAC-Bayes dropout certificate (docs/certificate.md) of a finished "
                                       "run against its prior (RUN_DIR/prior/): KL and empirical Gibbs errors per "
                                       "posterior_std, written to certificates.parquet; the certificates go into "
                                       "bounds.json.")
@@ -126,6 +131,10 @@ def add_certify(sub) -> None:
     cert.add_argument("--prior", choices=["init", "trained"], default=None,
                       help="prior mean: the seeded initialisation or the prior trained on the first prior_fraction "
                            "of the data (default: trained if present, else init)")
+    cert.add_argument("--assume-iid-rows", action="store_true",
+                      help="declare the rows of grouped data i.i.d. and also certify at row level "
+                           "(certificates_iid_rows.parquet; by default grouped data are certified per group: "
+                           "docs/certificate.md, Premises)")
     cert.add_argument("--batch-size", type=positive_int, default=None,
                       help="examples per forward pass before tiling by K (default: the run's eval batch size)")
     cert.add_argument("--seed", type=int, default=None,

@@ -20,19 +20,21 @@ measured distances, the Monte Carlo upper value of the empirical Gibbs risk, and
 a whole, so the minimum may be reported). The two reports are two uses of the grid: together they fail
 with probability at most ``2 (delta + delta_mc)``.
 
-The audit:
+At group level (data with groups, the default) each certified group is one example whose loss is its rows'
+mean loss, and the measured value is the mean over test groups (a new group's average example); at row level
+(data without groups, or rows declared i.i.d.: ``pacbayes_dropout_iid_rows`` from
+``certificates_iid_rows.parquet``) each row is one. ``delta`` and ``delta_mc`` are divided by the number of
+certificates tried on the run (``certify_log.jsonl``).
 
-- ``certified_disjoint_from_prior``: the trained prior saw none of the certified examples
-  (prior/prior.json: ``certifiable_ids`` and ``prior_ids`` disjoint); the init prior saw none at all;
-- ``n_bound_matches_prior``: ``n_bound`` is the number of examples the prior leaves certifiable (all
-  ``n`` for init, ``len(certifiable_ids)`` for trained);
+The audit: the items of `bounds.report.certificate_audit` (prior disjoint from the certified examples, their
+number, the independence level, the data unchanged since training, every example evaluated, the selection
+counted), and
+
 - ``grid_fixed_in_advance``: the union bound is valid only for a grid fixed before the data. Here that
   means the grid is an *option* (of ``certify``, default `bounds.runlog.DEFAULT_POSTERIOR_STD_GRID`),
   never chosen from the run's numbers: the table's grid must equal the grid given to the report (the
   default unless ``posterior_std_grid`` is passed), and ``grid_size`` must be its length, so a table
   cut down to its best rows, or a grid picked after seeing the errors, fails;
-- ``monte_carlo_term``: the certificate starts from the Monte Carlo upper value (``>=`` the estimate,
-  with a positive budget ``ln(|grid| / delta_mc) / (n_b k)``), not from the estimate itself;
 - ``kl_recomputed``: the table's ``kl`` equals ``dropout_kl`` of its distances (the probe's arithmetic);
 - ``measured_below_bound``: the measured test value is at most the bound.
 
@@ -41,7 +43,6 @@ A certificate ``>= 1`` (within `bounds.formulas.VACUOUS_TOL`) says nothing and i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,7 @@ from ..runlog import (
     read_prior_record,
     read_run,
 )
+from . import certificate_audit as audit
 from .record import BoundReport
 
 __all__ = [
@@ -75,7 +77,7 @@ __all__ = [
 
 #: Names of the reports of this module (the entries ``certify`` writes into bounds.json,
 #: `bounds.report.write_certificate_entries`).
-CERTIFICATE_REPORTS = ("pacbayes_dropout", "pacbayes_dropout_ensemble")
+CERTIFICATE_REPORTS = ("pacbayes_dropout", "pacbayes_dropout_ensemble", "pacbayes_dropout_iid_rows")
 #: Relative tolerance of the ``kl_recomputed`` audit (the probe computes in float64 too).
 KL_RTOL = 1e-9
 _GRID_RTOL = 1e-9
@@ -89,6 +91,8 @@ THEOREMS = {
     "pacbayes_dropout_ensemble": f"{_BASIS}; on the linear loss 1 - prob_y, then ensemble 0-1 error <= 2 x its "
                                  "linear loss (probability-averaging ensemble of members drawn from Q, masks AND "
                                  "noise, in expectation over them; not the noiseless or deterministic model)",
+    "pacbayes_dropout_iid_rows": f"{_BASIS}; certifies the Gibbs member's 0-1 error at row level on grouped data "
+                                 "whose rows the user declared i.i.d. (valid only under that declaration)",
 }
 
 
@@ -130,39 +134,8 @@ def certificate_table(frame: pd.DataFrame, *, delta: float | None = None,
 
 
 # --------------------------------------------------------------------------------------------------
-# The audit
+# The audit items of this table (the shared ones: bounds.report.certificate_audit)
 # --------------------------------------------------------------------------------------------------
-
-
-def _disjoint(kind: str, record: dict | None) -> Assumption:
-    name = "certified_disjoint_from_prior"
-    if kind == "init":
-        return Assumption(name, 0.0, 0.0, True, "the init prior (seeded initialisation) depends on no example, so "
-                                                "every training example may be certified")
-    if record is None:
-        return Assumption(name, math.nan, 0.0, None, "not measurable: prior/prior.json is missing, so the examples "
-                                                     "the trained prior saw are unknown")
-    overlap = sorted(set(record["certifiable_ids"]) & set(record["prior_ids"]))
-    example = f", e.g. {overlap[:5]}" if overlap else ""
-    return Assumption(name, float(len(overlap)), 0.0, not overlap,
-                      f"prior/prior.json: {len(overlap)} of {len(record['certifiable_ids'])} certifiable_ids are among "
-                      f"the {len(record['prior_ids'])} prior_ids the trained prior saw{example}; the bound needs "
-                      "none (a prior that saw a certified example is not a prior)")
-
-
-def _n_bound(kind: str, record: dict | None, n_bound: int, n_train: int | None) -> Assumption:
-    name = "n_bound_matches_prior"
-    if kind == "init":
-        if n_train is None:
-            return Assumption(name, float(n_bound), math.nan, None, "not measurable: meta.json has no n_train")
-        return Assumption(name, float(n_bound), float(n_train), n_bound == n_train,
-                          f"n_bound = n_train (the init prior leaves all {n_train} training examples certifiable)")
-    if record is None:
-        return Assumption(name, float(n_bound), math.nan, None, "not measurable: prior/prior.json is missing")
-    expected = len(record["certifiable_ids"])
-    return Assumption(name, float(n_bound), float(expected), n_bound == expected,
-                      f"n_bound = len(prior/prior.json certifiable_ids) = {expected} (the examples the trained "
-                      "prior did not see)")
 
 
 def _grid(frame: pd.DataFrame, grid: Sequence[float] | None) -> Assumption:
@@ -177,16 +150,6 @@ def _grid(frame: pd.DataFrame, grid: Sequence[float] | None) -> Assumption:
         f"certificates.parquet's posterior_std grid {found.tolist()} (grid_size {sizes}) equals {given}, "
         f"{expected.tolist()}: the union bound holds for a grid fixed before the data (an option of certify, "
         "never chosen from the run's numbers); pass the grid certify used with --posterior-std-grid")
-
-
-def _monte_carlo(table: pd.DataFrame, prefix: str) -> Assumption:
-    margin = table[f"{prefix}gibbs_upper"] - table[f"train_gibbs_{'linear' if prefix else 'error'}"]
-    worst = float(margin.min())
-    holds = bool((margin >= 0).all() and (table["mc_rhs"] > 0).all())
-    return Assumption("monte_carlo_term", worst, 0.0, holds,
-                      "the certificate starts from the Monte Carlo upper value kl_inv_upper(estimate, "
-                      "ln(|grid| / delta_mc) / (n_b k)) >= the estimate at every grid point (smallest margin "
-                      f"{worst:.3g}; budget >= {float(table['mc_rhs'].min()):.3g})")
 
 
 def _kl(frame: pd.DataFrame, table: pd.DataFrame) -> Assumption:
@@ -206,14 +169,16 @@ def _kl(frame: pd.DataFrame, table: pd.DataFrame) -> Assumption:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read(run_dir: Path) -> tuple[RunLog, pd.DataFrame]:
+def _read(run_dir: Path, table: str = "certificates") -> tuple[RunLog, pd.DataFrame]:
     log = read_run(run_dir)
-    spec = TABLES["certificates"]
-    if not log.has("certificates"):
-        raise MissingTableError("certificates", run_dir)
-    frame = log.table("certificates")
+    spec = TABLES[table]
+    if not log.has(table):
+        raise MissingTableError(table, run_dir)
+    frame = log.table(table)
     problems = check_table(spec, frame)
-    problems += [] if problems else check_certificates(frame)
+    if problems and problems[0].startswith(f"{spec.filename}: missing column"):
+        problems.append("measured by an earlier version of certify: run lora-dropout certify again")
+    problems += [] if problems else check_certificates(frame, table)
     if not len(frame):
         problems.append(f"{spec.filename} has no rows")
     if problems:
@@ -230,7 +195,11 @@ def _n_train(log: RunLog) -> int | None:
 
 def certificate_reports(run_dir: str | Path, *, posterior_std_grid: Sequence[float] | None = None,
                         delta: float | None = None, delta_mc: float | None = None) -> list[BoundReport]:
-    """The ``pacbayes_dropout`` and ``pacbayes_dropout_ensemble`` reports of a run.
+    """The ``pacbayes_dropout`` and ``pacbayes_dropout_ensemble`` reports of a run, and ``pacbayes_dropout_iid_rows``
+    when grouped data's rows were declared i.i.d. (``certificates_iid_rows.parquet``).
+
+    ``delta`` and ``delta_mc`` (default: the table's, those given to ``certify``) are divided by the number of
+    certificates tried on the run (``certify_log.jsonl``, `bounds.report.certificate_audit.selection`).
 
     Parameters
     ----------
@@ -240,7 +209,7 @@ def certificate_reports(run_dir: str | Path, *, posterior_std_grid: Sequence[flo
         The grid ``certify`` was given, for the ``grid_fixed_in_advance`` audit (default:
         `bounds.runlog.DEFAULT_POSTERIOR_STD_GRID`).
     delta, delta_mc : float, optional
-        Failure probabilities (default: the table's, those given to ``certify``).
+        Failure probabilities before the split over the run's certificates.
 
     Raises
     ------
@@ -251,36 +220,56 @@ def certificate_reports(run_dir: str | Path, *, posterior_std_grid: Sequence[flo
     """
     run_dir = Path(run_dir)
     log, frame = _read(run_dir)
-    table = certificate_table(frame, delta=delta, delta_mc=delta_mc)
-    row = frame.sort_values("posterior_std").reset_index(drop=True)
-    kind = str(row["prior"].iloc[0])
+    tried, selected = audit.selection(run_dir)
     record = read_prior_record(run_dir)
+    reports = _reports(log, frame, record, tried, selected, posterior_std_grid, delta, delta_mc,
+                       names=("pacbayes_dropout", "pacbayes_dropout_ensemble"))
+    if log.has("certificates_iid_rows"):
+        _, rows = _read(run_dir, "certificates_iid_rows")
+        reports += _reports(log, rows, record, tried, selected, posterior_std_grid, delta, delta_mc,
+                            names=("pacbayes_dropout_iid_rows",))
+    return reports
+
+
+def _reports(log: RunLog, frame: pd.DataFrame, record: dict | None, tried: int, selected, grid, delta, delta_mc, *,
+             names: Sequence[str]) -> list[BoundReport]:
+    row = frame.sort_values("posterior_std").reset_index(drop=True)
+    d = (float(row["delta"].iloc[0]) if delta is None else delta) / tried
+    dmc = (float(row["delta_mc"].iloc[0]) if delta_mc is None else delta_mc) / tried
+    table = certificate_table(frame, delta=d, delta_mc=dmc)
+    kind = str(row["prior"].iloc[0])
+    level, premise = str(row["level"].iloc[0]), str(row["premise"].iloc[0])
     n_bound, k = int(row["n_bound"].iloc[0]), int(row["draws"].iloc[0])
     n_test = int(row["n_test"].iloc[0])
-    d = float(row["delta"].iloc[0]) if delta is None else delta
-    dmc = float(row["delta_mc"].iloc[0]) if delta_mc is None else delta_mc
-    audit = [_disjoint(kind, record), _n_bound(kind, record, n_bound, _n_train(log)), _grid(frame, posterior_std_grid),
-             None, _kl(frame, table)]
-    src = f"certificates.parquet (prior={kind}, {len(row)} posterior_std, seed {int(row['seed'].iloc[0])})"
+    units = "groups" if level == "group" else "rows"
+    shared = [audit.disjoint(kind, record), audit.n_bound(kind, record, row, _n_train(log)),
+              audit.independence_level(kind, record, row), audit.data_unchanged(record, row), _grid(frame, grid),
+              audit.every_example_evaluated(row), selected, _kl(frame, table)]
+    src = (f"{TABLES['certificates' if 'iid_rows' not in names[0] else 'certificates_iid_rows'].filename} "
+           f"(prior={kind}, level {level}, {len(row)} posterior_std, seed {int(row['seed'].iloc[0])})")
+    split = f" (divided by the {tried} certificates tried on the run)" if tried > 1 else ""
 
     def common_inputs(i: int, loss: str) -> list[Quantity]:
         sigma = float(table["posterior_std"].iloc[i])
-        at = f"certificates.parquet posterior_std={sigma:g}"
+        at = f"posterior_std={sigma:g}"
         column = "train_gibbs_error" if loss == "error" else "train_gibbs_linear"
         return [
             Quantity(f"gibbs_{loss}", float(row[column].iloc[i]),
-                     f"{at} {column}: mean over n_b x k = {n_bound} x {k} posterior draws", n=n_bound * k),
+                     f"{src} {at} {column}: mean over n_b = {n_bound} {units} of their mean over rows and k = {k} "
+                     "posterior draws", n=n_bound * k),
             Quantity("kl", float(table["kl"].iloc[i]),
-                     f"dropout_kl(p, factor_sq_dist, head_sq_dist, posterior_std) of {at}"),
+                     f"dropout_kl(p, factor_sq_dist, head_sq_dist, posterior_std) at {at}"),
             Quantity("factor_sq_dist", float(row["factor_sq_dist"].iloc[i]), f"{src}: ||A - A_P||^2 + ||B - B_P||^2"),
             Quantity("head_sq_dist", float(row["head_sq_dist"].iloc[i]), f"{src}: ||head - head_P||^2"),
             Quantity("dropout_rate", float(row["p"].iloc[i]), f"{src} p (the run's config)"),
-            Quantity("posterior_std", sigma, f"{at}: the grid point of the smallest certificate"),
-            Quantity("n_bound", float(n_bound), f"{src}: certified training examples (prior={kind})"),
+            Quantity("posterior_std", sigma, f"{src} {at}: the grid point of the smallest certificate"),
+            Quantity("n_bound", float(n_bound), f"{src}: certified {units} ({premise})"),
+            Quantity("n_bound_rows", float(row["n_bound_rows"].iloc[i]), f"{src}: certified rows"),
             Quantity("posterior_draws", float(k), f"{src} draws"),
-            Quantity("delta", d, "argument" if delta is not None else f"{src} delta (given to certify)"),
-            Quantity("delta_mc", dmc, "argument" if delta_mc is not None else f"{src} delta_mc (given to certify)"),
+            Quantity("delta", d, ("argument" if delta is not None else f"{src} delta (given to certify)") + split),
+            Quantity("delta_mc", dmc, ("argument" if delta_mc is not None else f"{src} delta_mc") + split),
             Quantity("grid_size", float(row["grid_size"].iloc[i]), f"{src} grid_size"),
+            Quantity("certificates_tried", float(tried), "certify_log.jsonl entries (1 when the run has none)"),
         ]
 
     def per_point(column: str, label: str) -> list[Quantity]:
@@ -293,30 +282,31 @@ def certificate_reports(run_dir: str | Path, *, posterior_std_grid: Sequence[flo
     value, estimate, upper = (float(table[c].iloc[i]) for c in ("certificate", "train_gibbs_error", "gibbs_upper"))
     measured = float(table["test_gibbs_error"].iloc[i])
     vacuous = is_vacuous(value)
-    measured_name = f"test Gibbs 0-1 error (posterior_std={table['posterior_std'].iloc[i]:g}, {n_test} x {k} draws)"
-    assumptions = [*audit[:3], _monte_carlo(table, ""), audit[4],
-                   Assumption("measured_below_bound", measured, value, measured <= value,
-                              f"{measured_name} <= certificate" + (" (trivially: vacuous)" if vacuous else ""))]
+    measured_name = (f"test Gibbs 0-1 error (posterior_std={table['posterior_std'].iloc[i]:g}, mean over {n_test} test "
+                     f"{units}, {k} draws)")
+    assumptions = [*shared, Assumption("measured_below_bound", measured, value, measured <= value,
+                                       f"{measured_name} <= certificate" + (" (trivially: vacuous)" if vacuous else ""))]
     reports.append(BoundReport(
-        "pacbayes_dropout", log.run_id, THEOREMS["pacbayes_dropout"], value, measured, measured_name, value,
+        names[0], log.run_id, THEOREMS[names[0]], value, measured, measured_name, value,
         {"gibbs_estimate": estimate, "monte_carlo": upper - estimate, "pac_bayes": value - upper},
         tuple(common_inputs(i, "error")), tuple(assumptions),
         (*per_point("certificate", "certificate"), *per_point("kl", "kl"), *per_point("gibbs_upper", "gibbs_upper"),
          *per_point("test_gibbs_error", "test_gibbs_error")),
         vacuous, reason=(f"certificate {value:.4g} >= 1 at every posterior_std of the grid: vacuous" if vacuous
                          else "")))
+    if len(names) == 1:
+        return reports
     # the ensemble, from the linear-loss certificate
     j = int(np.argmin(table["linear_certificate"].to_numpy()))
     linear, bound = float(table["linear_certificate"].iloc[j]), float(table["ensemble_zero_one"].iloc[j])
     measured = float(table["test_gibbs_linear"].iloc[j])
     vacuous = is_vacuous(bound)
     measured_name = (f"test linear loss 1 - prob_y of the Gibbs member (= the ensemble's expected linear loss; "
-                     f"posterior_std={table['posterior_std'].iloc[j]:g}, {n_test} x {k} draws)")
-    assumptions = [*audit[:3], _monte_carlo(table, "linear_"), audit[4],
-                   Assumption("measured_below_bound", measured, linear, measured <= linear,
-                              "measured linear loss <= linear-loss certificate")]
+                     f"posterior_std={table['posterior_std'].iloc[j]:g}, {n_test} test {units} x {k} draws)")
+    assumptions = [*shared, Assumption("measured_below_bound", measured, linear, measured <= linear,
+                                       "measured linear loss <= linear-loss certificate")]
     reports.append(BoundReport(
-        "pacbayes_dropout_ensemble", log.run_id, THEOREMS["pacbayes_dropout_ensemble"], bound, measured,
+        names[1], log.run_id, THEOREMS[names[1]], bound, measured,
         measured_name, linear, {"linear_certificate": linear, "zero_one_transfer": bound - linear},
         tuple(common_inputs(j, "linear")), tuple(assumptions),
         (*per_point("linear_certificate", "linear_certificate"), *per_point("ensemble_zero_one", "ensemble_zero_one"),
@@ -336,4 +326,6 @@ def reports_if_certified(run_dir: str | Path, posterior_std_grid: Sequence[float
         return certificate_reports(run_dir, posterior_std_grid=posterior_std_grid)
     except (RunLogError, ValueError) as exc:
         run_id = read_run(run_dir).run_id
-        return [BoundReport.not_evaluable(name, run_id, THEOREMS[name], str(exc)) for name in CERTIFICATE_REPORTS]
+        rows = (run_dir / TABLES["certificates_iid_rows"].filename).is_file()
+        return [BoundReport.not_evaluable(name, run_id, THEOREMS[name], str(exc))
+                for name in CERTIFICATE_REPORTS[:3 if rows else 2]]

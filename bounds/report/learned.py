@@ -13,9 +13,11 @@ together, the three fail with probability at most ``3 (delta + delta_mc)``.
 
 The audit: ``certified_disjoint_from_prior`` and ``n_bound_matches_prior`` (as for the grid certificate),
 ``grid_fixed_in_advance`` (the table's ``prior_std`` grid is the grid given, default
-`bounds.runlog.DEFAULT_POSTERIOR_STD_GRID`, and the one learning was written for), ``monte_carlo_term``,
+`bounds.runlog.DEFAULT_POSTERIOR_STD_GRID`, and the one learning was written for), ``selection_counted``,
 ``kl_recomputed`` (the table's ``kl`` against learned.json), ``draws_independent_of_learning`` (the certificate's
-draws ``0 .. k - 1`` lie below the first draw learning used) and ``measured_below_bound``.
+draws ``0 .. k - 1`` lie below the first draw learning used), ``learned_tensors_match_run`` (learned.json's
+weights and counts against the run's p and the saved tensors, `bounds.report.certificate_audit`) and
+``measured_below_bound``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from ..runlog import (
     read_prior_record,
     read_run,
 )
-from .certificate import KL_RTOL, _disjoint, _monte_carlo, _n_bound, _n_train
+from . import certificate_audit as audit
+from .certificate import KL_RTOL, _n_train
 from .record import BoundReport
 
 __all__ = ["LEARNED_REPORT", "LEARNED_THEOREM", "learned_certificate_reports", "learned_certificate_table",
@@ -115,6 +118,11 @@ def _draws(frame: pd.DataFrame, record: dict) -> Assumption:
                       f"({first}), so they are independent of the learned posterior")
 
 
+def _dropout_rate(log) -> float | None:
+    value = log.meta.config.get("lora_dropout", {}).get("dropout_rate")
+    return None if value is None else float(value)
+
+
 def learned_certificate_reports(run_dir: str | Path, *, prior_std_grid: Sequence[float] | None = None
                                 ) -> list[BoundReport]:
     """The ``pacbayes_dropout_learned`` report of a run (a list of one).
@@ -140,9 +148,13 @@ def learned_certificate_reports(run_dir: str | Path, *, prior_std_grid: Sequence
         problems = [*problems, f"{spec.filename} has no rows"]
     if problems:
         raise RunLogError(f"run {run_dir}: " + "; ".join(problems))
-    table = learned_certificate_table(frame, record)
+    tried, selected = audit.selection(run_dir)
+    table = learned_certificate_table(frame, record, delta=float(frame["delta"].iloc[0]) / tried,
+                                      delta_mc=float(frame["delta_mc"].iloc[0]) / tried)
     kind = str(frame["prior"].iloc[0])
     prior_record = read_prior_record(run_dir)
+    level = str(frame["level"].iloc[0])
+    units = "groups" if level == "group" else "rows"
     n_bound, k, n_test = (int(frame[c].iloc[0]) for c in ("n_bound", "draws", "n_test"))
     i = int(np.argmin(table["certificate"].to_numpy()))
     value, measured = float(table["certificate"].iloc[i]), float(table["test_gibbs_error"].iloc[i])
@@ -152,31 +164,33 @@ def learned_certificate_reports(run_dir: str | Path, *, prior_std_grid: Sequence
     src = f"learned_certificates.parquet (prior={kind}, {len(frame)} prior_std)"
     stds = [t["posterior_std"] for t in record["tensors"].values()]
     inputs = (
-        Quantity("gibbs_error", estimate, f"{src} train_gibbs_error: mean over n_b x k = {n_bound} x {k} draws",
-                 n=n_bound * k),
+        Quantity("gibbs_error", estimate, f"{src} train_gibbs_error: mean over n_b = {n_bound} {units} of their mean "
+                 f"over rows and k = {k} draws", n=n_bound * k),
         Quantity("kl", float(table["kl"].iloc[i]), f"learned_dropout_kl of posterior/learned.json at prior_std={sp:g}"),
         Quantity("prior_std", sp, f"{src}: the grid point of the smallest certificate"),
         Quantity("posterior_std_min", float(min(stds)), "posterior/learned.json: smallest learned std"),
         Quantity("posterior_std_max", float(max(stds)), "posterior/learned.json: largest learned std"),
         Quantity("dropout_rate", float(frame["p"].iloc[0]), f"{src} p"),
-        Quantity("n_bound", float(n_bound), f"{src}: certified training examples"),
+        Quantity("n_bound", float(n_bound), f"{src}: certified {units} (level {level})"),
         Quantity("posterior_draws", float(k), f"{src} draws"),
-        Quantity("delta", float(frame["delta"].iloc[0]), f"{src} delta (the objective's)"),
-        Quantity("delta_mc", float(frame["delta_mc"].iloc[0]), f"{src} delta_mc"),
+        Quantity("delta", float(frame["delta"].iloc[0]) / tried, f"{src} delta (the objective's) / {tried} "
+                 "certificates tried on the run"),
+        Quantity("delta_mc", float(frame["delta_mc"].iloc[0]) / tried, f"{src} delta_mc / {tried}"),
         Quantity("grid_size", float(frame["grid_size"].iloc[0]), f"{src} grid_size"),
     )
     assumptions = (
-        _disjoint(kind, prior_record), _n_bound(kind, prior_record, n_bound, _n_train(log)),
-        _grid(frame, record, prior_std_grid), _monte_carlo(table, ""), _kl_audit(frame, table), _draws(frame, record),
+        audit.disjoint(kind, prior_record), audit.n_bound(kind, prior_record, frame, _n_train(log)),
+        _grid(frame, record, prior_std_grid), selected, _kl_audit(frame, table), _draws(frame, record),
+        audit.learned_tensors(run_dir, record, _dropout_rate(log)),
         Assumption("measured_below_bound", measured, value, measured <= value,
-                   f"test Gibbs 0-1 error ({n_test} x {k} draws) <= certificate"
+                   f"test Gibbs 0-1 error ({n_test} test {units} x {k} draws) <= certificate"
                    + (" (trivially: vacuous)" if vacuous else "")),
     )
     per_point = tuple(Quantity(f"certificate[{s:g}]", float(v), f"learned_certificate_table at prior_std={s:g}")
                       for s, v in zip(table["prior_std"], table["certificate"], strict=True))
     return [BoundReport(
         LEARNED_REPORT, log.run_id, LEARNED_THEOREM, value, measured,
-        f"test Gibbs 0-1 error of the learned posterior ({n_test} x {k} draws)", value,
+        f"test Gibbs 0-1 error of the learned posterior ({n_test} test {units} x {k} draws)", value,
         {"gibbs_estimate": estimate, "monte_carlo": upper - estimate, "pac_bayes": value - upper},
         inputs, assumptions, per_point, vacuous,
         reason=f"certificate {value:.4g} >= 1 at every prior_std: vacuous" if vacuous else "")]

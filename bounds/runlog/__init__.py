@@ -11,6 +11,8 @@ A run directory holds
 ``probes.parquet``     curvature and Lipschitz measurements
 ``stability.parquet``  leave-one-out pairs (measured stability)
 ``certificates.parquet``  PAC-Bayes dropout certificate measurements, one row per posterior_std
+``certificates_iid_rows.parquet``  the same at row level when grouped data's rows are declared i.i.d.
+``certify_log.jsonl``  one line per certificate measurement on the run (the union bound counts them)
 ``learned_certificates.parquet``  the same for a learned posterior, one row per prior_std
 ``adapter/``           peft adapter + LoRA Dropout config (reloadable)
 ``prior/``             PAC-Bayes prior: initial parameters, trained prior mean, prior/certifiable ids
@@ -41,10 +43,12 @@ from .enums import (
 from .errors import MissingTableError, RunLogError
 from .io import (
     RunLog,
+    append_certify_log,
     check_certificates,
     check_learned_certificates,
     check_table,
     jsonable,
+    read_certify_log,
     read_learned_record,
     read_prior_record,
     read_run,
@@ -56,6 +60,7 @@ from .io import (
 )
 from .meta import RunMeta, read_meta, read_run_meta
 from .schema import (
+    CERTIFY_LOG,
     DEFAULT_POSTERIOR_STD_GRID,
     LEARNED_DIR,
     LEARNED_FILES,
@@ -76,6 +81,7 @@ __all__ = [
     "PARAM_DISTANCE_SPACE",
     "LEARNED_DIR",
     "LEARNED_FILES",
+    "CERTIFY_LOG",
     "PRIOR_DIR",
     "PRIOR_FILES",
     "REQUIRED_META",
@@ -101,6 +107,8 @@ __all__ = [
     "jsonable",
     "read_meta",
     "read_learned_record",
+    "append_certify_log",
+    "read_certify_log",
     "read_prior_record",
     "read_run",
     "read_run_meta",

@@ -23,7 +23,7 @@ import pandas as pd
 from .enums import Predictor, Split, Status
 from .errors import MissingTableError, RunLogError
 from .meta import RunMeta, meta_problems, read_json_object, read_meta
-from .schema import LEARNED_DIR, PRIOR_DIR, TABLES, Table
+from .schema import CERTIFY_LOG, LEARNED_DIR, PRIOR_DIR, TABLES, Table
 
 
 @dataclass
@@ -166,9 +166,14 @@ def _check_grid_table(table: str, frame: pd.DataFrame, grid_column: str, constan
     return problems
 
 
-def check_certificates(frame: pd.DataFrame) -> list[str]:
-    """Ranges of certificates.parquet: risks in [0, 1], positive sigma and counts, one grid per table."""
-    return _check_grid_table("certificates", frame, "posterior_std", ())
+def check_certificates(frame: pd.DataFrame, table: str = "certificates") -> list[str]:
+    """Ranges of certificates.parquet (or ``table``, certificates_iid_rows): risks in [0, 1], positive sigma and
+    counts, one grid, one level and one data fingerprint per table."""
+    problems = _check_grid_table(table, frame, "posterior_std", ("level", "n_bound_rows", "data_fingerprint"))
+    unknown = sorted(set(frame["level"]) - {"group", "row"})
+    if unknown:
+        problems.append(f"{TABLES[table].filename}: unknown level value(s) {unknown}")
+    return problems
 
 
 def read_learned_record(run_dir: str | Path) -> dict[str, Any] | None:
@@ -253,6 +258,41 @@ def read_prior_record(run_dir: str | Path) -> dict[str, Any] | None:
             "certifiable_ids": list(record["certifiable_ids"]), "level": level, **extra}
 
 
+def append_certify_log(run_dir: str | Path, entry: Mapping[str, Any]) -> int:
+    """Append one measurement to ``RUN_DIR/certify_log.jsonl`` (`CERTIFY_LOG`), stamped with the UTC time; returns
+    the number of entries the log then holds. Flushed and fsynced, so an entry once written survives a crash."""
+    import datetime
+
+    path = Path(run_dir) / CERTIFY_LOG
+    line = json.dumps({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       **entry}, sort_keys=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(read_certify_log(run_dir))
+
+
+def read_certify_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The entries of ``RUN_DIR/certify_log.jsonl`` in order ([] when the run has none).
+
+    Raises RunLogError for a line that is not a JSON object with a ``kind`` of ``grid`` or ``learned``.
+    """
+    path = Path(run_dir) / CERTIFY_LOG
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunLogError(f"{path} line {number} is not JSON: {exc}") from None
+        if not isinstance(entry, dict) or entry.get("kind") not in ("grid", "learned"):
+            raise RunLogError(f"{path} line {number}: expected an object with kind 'grid' or 'learned'")
+        entries.append(entry)
+    return entries
+
+
 def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
     """Check a run directory against the schema and return it read.
 
@@ -288,8 +328,9 @@ def validate_run(run_dir: str | Path, require: Iterable[str] = ()) -> RunLog:
             problems.append(f"{spec.filename}: unreadable ({exc})")
             continue
         problems += check_table(spec, frame)
-        if name == "certificates" and not any(p.startswith(spec.filename) for p in problems):
-            problems += check_certificates(frame)
+        if name in ("certificates", "certificates_iid_rows") and not any(
+                p.startswith(spec.filename) for p in problems):
+            problems += check_certificates(frame, name)
         if name == "learned_certificates" and not any(p.startswith(spec.filename) for p in problems):
             problems += check_learned_certificates(frame)
     if problems:

@@ -48,6 +48,10 @@ REQUIRED_META = ("schema_version", "run_id", "status", "config", "started_at")
 #: posterior trains (runs from before it lack the folder). Tensor files are keyed by peft's
 #: ``get_peft_model_state_dict`` names, the keys of ``adapter/adapter_model.safetensors``.
 PRIOR_DIR = "prior"
+#: One JSON line per ``lora-dropout certify`` measurement on a run (`append_certify_log`): its kind (``grid`` or
+#: ``learned``), settings, time and result. The certificate reports split delta and delta_mc over its lines
+#: (a union bound over every certificate tried on the run, docs/certificate.md "Selection").
+CERTIFY_LOG = "certify_log.jsonl"
 PRIOR_FILES = {
     "init.safetensors": "the trainable parameters at the seeded initialisation, before any step (the "
                         "data-free prior mean)",
@@ -114,6 +118,47 @@ _RISK = (
     C("ece", "float", "expected calibration error, 15 equal-width confidence bins"),
     C("nll", "float", "mean negative log-likelihood of the predictive distribution (nats)"),
     C("brier", "float", "mean multi-class Brier score sum_k (q_k - 1[y = k])^2"),
+)
+
+#: Columns of certificates.parquet and of certificates_iid_rows.parquet.
+_CERTIFICATE_COLUMNS = (
+    C("posterior_std", "float", "sigma > 0: std of the Gaussian part of posterior and prior"),
+    C("p", "float", "dropout_rate of the run (each entry of A and B kept with probability 1 - p)"),
+    C("level", "str", "group or row: the unit the bound counts as one example (lora_dropout.probes.units)"),
+    C("premise", "str", "what the level assumes (groups i.i.d., or rows i.i.d.; docs/certificate.md)"),
+    C("n_bound", "int", "n_b: certified units (groups, or rows) the empirical risks are computed on: the "
+                        "training rows the prior left certifiable (all for the data-free init prior), "
+                        "at group level only those of groups the prior saw no row of"),
+    C("n_bound_rows", "int", "training rows in the certified units"),
+    C("n_test", "int", "test units (groups, or rows) the test Gibbs risks are computed on"),
+    C("n_test_rows", "int", "test rows"),
+    C("draws", "int", "k: posterior draws per example (per split)"),
+    C("factor_sq_dist", "float", "||A - A_P||^2 + ||B - B_P||^2 over the adapted modules", finite=True),
+    C("head_sq_dist", "float", "||head - head_P||^2 over the trained head (0 when none)", finite=True),
+    C("kl_factor_term", "float", "(1 - p) factor_sq_dist / (2 posterior_std^2)"),
+    C("kl_head_term", "float", "head_sq_dist / (2 posterior_std^2)"),
+    C("kl", "float", "kl_factor_term + kl_head_term: the upper bound on KL(Q || P)"),
+    C("train_gibbs_error", "float", "mean over the n_b units of the unit's mean over its rows "
+                                    "and k draws of 1[argmax != label] (the Monte Carlo estimate of "
+                                    "the empirical Gibbs 0-1 risk)", finite=True),
+    C("train_gibbs_linear", "float", "the same unit mean of 1 - prob_label (linear loss)", finite=True),
+    C("test_gibbs_error", "float", "the same 0-1 unit mean over the n_test test units and k draws "
+                                   "(measured, held against the certificate)", finite=True),
+    C("test_gibbs_linear", "float", "the same linear-loss mean on the test split", finite=True),
+    C("prior", "str", "init (the data-free seeded initialisation, prior/init.safetensors) or trained "
+                      "(prior/prior.safetensors, trained on prior/prior.json's prior_ids)"),
+    C("grid_size", "int", "|grid|: posterior_std values certified together (the union bound "
+                          "splits delta and delta_mc over them)"),
+    C("delta", "float", "failure probability of the PAC-Bayes step, whole grid"),
+    C("delta_mc", "float", "failure probability of the Monte Carlo step, whole grid"),
+    C("seed", "int", "root of the posterior noise stream (the masks: the run's mask seed, the certificate's own "
+                     "stream, lora_dropout.method.masks.CERTIFY_STREAM)"),
+    C("passes", "int", "posterior draws per example certify made over the certified and test splits, "
+                       "counted while it ran (grid_size x draws when complete)"),
+    C("evaluated_draws", "int", "(row, draw) losses on the certified split at this grid point, counted "
+                                "while certify ran (n_bound_rows x draws when every row was evaluated)"),
+    C("data_fingerprint", "str", "sha256 of the (sample_id, label, text) of the certified rows as "
+                                 "certify evaluated them (lora_dropout.tasks.splits.examples_fingerprint)"),
 )
 
 TABLES: dict[str, Table] = {
@@ -241,41 +286,21 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "certificates", "certificates.parquet",
-            "PAC-Bayes dropout certificate measurements (theory.md section 6; the toolkit's own): per "
+            "PAC-Bayes dropout certificate measurements (docs/certificate.md; the toolkit's own): per "
             "posterior_std of a grid fixed before the data, the KL to the prior and the empirical Gibbs risks "
             "of the posterior Q (LoRA Dropout masks times N(theta, posterior_std^2 I)) from `draws` draws per "
-            "example, fresh masks and noise per example and draw",
-            (
-                C("posterior_std", "float", "sigma > 0: std of the Gaussian part of posterior and prior"),
-                C("p", "float", "dropout_rate of the run (each entry of A and B kept with probability 1 - p)"),
-                C("n_bound", "int", "n_b: training examples the empirical risks are computed on (all n for the "
-                                    "data-free init prior; prior/prior.json's certifiable_ids for the trained one)"),
-                C("n_test", "int", "test examples the test Gibbs risks are computed on"),
-                C("draws", "int", "k: posterior draws per example (per split)"),
-                C("factor_sq_dist", "float", "||A - A_P||^2 + ||B - B_P||^2 over the adapted modules", finite=True),
-                C("head_sq_dist", "float", "||head - head_P||^2 over the trained head (0 when none)", finite=True),
-                C("kl_factor_term", "float", "(1 - p) factor_sq_dist / (2 posterior_std^2)"),
-                C("kl_head_term", "float", "head_sq_dist / (2 posterior_std^2)"),
-                C("kl", "float", "kl_factor_term + kl_head_term: the upper bound on KL(Q || P)"),
-                C("train_gibbs_error", "float", "mean over the n_b x k draws of 1[argmax != label] (the Monte "
-                                                "Carlo estimate of the empirical Gibbs 0-1 risk)", finite=True),
-                C("train_gibbs_linear", "float", "mean over the n_b x k draws of 1 - prob_label (linear loss)",
-                  finite=True),
-                C("test_gibbs_error", "float", "the same 0-1 mean over n_test x k draws on the test split "
-                                               "(measured, held against the certificate)", finite=True),
-                C("test_gibbs_linear", "float", "the same linear-loss mean on the test split", finite=True),
-                C("prior", "str", "init (the data-free seeded initialisation, prior/init.safetensors) or trained "
-                                  "(prior/prior.safetensors, trained on prior/prior.json's prior_ids)"),
-                C("grid_size", "int", "|grid|: posterior_std values certified together (the union bound "
-                                      "splits delta and delta_mc over them)"),
-                C("delta", "float", "failure probability of the PAC-Bayes step, whole grid"),
-                C("delta_mc", "float", "failure probability of the Monte Carlo step, whole grid"),
-                C("seed", "int", "root of the posterior noise stream (the masks use the run's mask seed)"),
-                C("passes", "int", "forward passes over the certified and test splits the certify call made, "
-                                   "counted as one posterior draw of every example (grid_size x draws)"),
-            ),
+            "example, fresh masks and noise per example and draw; at group level when the data have groups",
+            _CERTIFICATE_COLUMNS,
             key=("posterior_std",),
             producer="lora-dropout certify RUN_DIR",
+        ),
+        Table(
+            "certificates_iid_rows", "certificates_iid_rows.parquet",
+            "the same measurements at row level, from the same draws, when grouped data's rows are declared i.i.d. "
+            "(lora-dropout certify --assume-iid-rows)",
+            _CERTIFICATE_COLUMNS,
+            key=("posterior_std",),
+            producer="lora-dropout certify RUN_DIR --assume-iid-rows",
         ),
         Table(
             "learned_certificates", "learned_certificates.parquet",
@@ -285,8 +310,10 @@ TABLES: dict[str, Table] = {
             (
                 C("prior_std", "float", "sigma_P > 0: std of the prior's Gaussian part (a grid point)"),
                 C("p", "float", "dropout_rate of the run"),
-                C("n_bound", "int", "n_b: training examples the empirical risks are computed on"),
-                C("n_test", "int", "test examples the test Gibbs risks are computed on"),
+                C("level", "str", "group or row, as in certificates.parquet"),
+                C("n_bound", "int", "n_b: certified units (groups, or rows) the empirical risks are computed on"),
+                C("n_bound_rows", "int", "training rows in the certified units"),
+                C("n_test", "int", "test units the test Gibbs risks are computed on"),
                 C("draws", "int", "k: posterior draws per example (per split), draws 0 .. k-1 of the noise stream"),
                 C("kl_variance_term", "float", "sum_g w_g n_g (ln(sigma_P / sigma_g) + sigma_g^2 / (2 sigma_P^2) "
                                                "- 1/2)"),

@@ -25,9 +25,12 @@ from dataclasses import dataclass
 import torch
 
 _M32 = 0xFFFFFFFF
-# Stream tags keep the training and evaluation mask streams disjoint for the same seed.
+# Stream tags keep the training, evaluation and certificate mask streams disjoint for the same seed. The
+# certificate's masks (lora_dropout.probes.posterior) are never drawn while training, whose evaluations use
+# EVAL_STREAM.
 TRAIN_STREAM = 0x7A11
 EVAL_STREAM = 0xE7A1
+CERTIFY_STREAM = 0xCE27
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,11 @@ example) all ``n`` training examples; with the ``trained`` prior only prior/prio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -38,7 +39,9 @@ from tqdm.auto import tqdm
 from bounds.runlog import (
     DEFAULT_POSTERIOR_STD_GRID,
     PRIOR_DIR,
+    TABLES,
     RunMeta,
+    append_certify_log,
     read_prior_record,
     read_run_meta,
     run_state,
@@ -47,8 +50,10 @@ from bounds.runlog import (
 from ..method.validation import check_count
 from ..runs.run import load_run
 from ..runs.writer import write_table
+from ..tasks.splits import examples_fingerprint
 from .posterior import posterior_logits_over_grid
 from .prior_distance import factor_and_head_sq_dist
+from .units import Units, group_units, has_groups, row_units, unit_mean
 
 #: Default ``k``: posterior draws per example.
 DEFAULT_POSTERIOR_DRAWS = 4
@@ -148,11 +153,14 @@ def resolve_prior(run_dir: str | Path, prior: str | None = None) -> tuple[str, P
     return prior, path, record
 
 
-def certified_ids(prior: str, record: dict | None, train_ids: Sequence[int]) -> tuple[int, ...]:
+def certified_ids(prior: str, record: dict | None, train_ids: Sequence[int],
+                  groups: Mapping[int, str] | None = None) -> tuple[int, ...]:
     """The training examples a bound with ``prior`` may be computed on, in training order.
 
     ``init`` (data-free): all of them. ``trained``: prior.json's ``certifiable_ids``, which must be training
-    examples and disjoint from its ``prior_ids``.
+    examples and disjoint from its ``prior_ids``; with ``groups`` (sample id -> group: a group-level
+    certificate), only the rows of groups none of whose rows the prior saw (a prior split by rows on grouped
+    data leaves few or none).
     """
     train_ids = [int(i) for i in train_ids]
     if prior == "init":
@@ -168,10 +176,41 @@ def certified_ids(prior: str, record: dict | None, train_ids: Sequence[int]) -> 
     if unknown:
         raise ValueError(f"prior/prior.json: {len(unknown)} certifiable_ids are not training examples of the run, "
                          f"e.g. {unknown[:5]}")
+    if groups is not None:
+        seen = {groups[int(i)] for i in record["prior_ids"]}
+        certifiable = {i for i in certifiable if groups[i] not in seen}
+        if not certifiable:
+            raise ValueError(
+                f"prior/prior.json: every certifiable example shares its group with an example the prior saw "
+                f"(prior split level {record.get('level', 'row')!r}), so no group is independent of the prior: "
+                "retrain with this version, whose prior takes whole groups, or certify rows with --assume-iid-rows "
+                "if rows are i.i.d.")
     chosen = tuple(i for i in train_ids if i in certifiable)
     if not chosen:
         raise ValueError("prior/prior.json has no certifiable_ids: nothing to certify on")
     return chosen
+
+
+def certificate_levels(kind: str, record: dict | None, groups: Mapping[int, str] | None, *,
+                       assume_iid_rows: bool) -> list[str]:
+    """The levels a run is certified at, the headline first (`lora_dropout.probes.units`).
+
+    Data without groups: ``["row"]``. Grouped data: ``["group"]``, and ``"row"`` after it when rows are declared
+    i.i.d.; a trained prior that took rows instead of whole groups (runs of earlier versions) leaves no group
+    independent of it, so then only ``["row"]`` with the declaration, and a ValueError without it.
+    """
+    if groups is None:
+        return ["row"]
+    if kind == "trained" and record is not None and record.get("level", "row") == "row" and assume_iid_rows:
+        return ["row"]
+    return ["group", "row"] if assume_iid_rows else ["group"]
+
+
+def group_of(frame) -> dict[int, str] | None:
+    """``{sample_id: group}`` of a split's frame, or None when it has no groups (a row-level certificate)."""
+    if not has_groups(frame["group"]):
+        return None
+    return {int(i): str(g) for i, g in zip(frame["sample_id"], frame["group"], strict=True)}
 
 
 def load_prior_state(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
@@ -180,31 +219,85 @@ def load_prior_state(path: Path, device: torch.device) -> dict[str, torch.Tensor
     return load_file(str(path), device=str(device))
 
 
+@dataclass(frozen=True)
+class RowRisks:
+    """Gibbs risks of every row of a split at every ``posterior_std`` of a grid, as `gibbs_risks` measured them.
+
+    Attributes
+    ----------
+    error, linear : ndarray, shape ``(G, n)``
+        Mean over the ``draws`` of the 0-1 loss ``argmax != label`` and of the linear loss ``1 - prob_label``.
+    sample_ids : ndarray of int, shape ``(n,)``
+        The rows, in the order they were evaluated.
+    evaluated : ndarray of int, shape ``(G,)``
+        ``(row, draw)`` losses accumulated at each grid point, counted while running (``n x draws`` when
+        every row got every draw).
+    """
+
+    error: np.ndarray
+    linear: np.ndarray
+    sample_ids: np.ndarray
+    evaluated: np.ndarray
+
+    def at(self, units: Units) -> tuple[np.ndarray, np.ndarray]:
+        """``(0-1 risk, linear risk)`` per grid point at the level of ``units`` (`unit_mean`)."""
+        return unit_mean(self.error, units), unit_mean(self.linear, units)
+
+
 @torch.no_grad()
 def gibbs_risks(model: torch.nn.Module, data, *, posterior_stds: Sequence[float], draws: int, batch_size: int,
-                seed: int | None = None, device: torch.device | str = "cpu", on_batch=None
-                ) -> list[tuple[float, float]]:
-    """``(0-1 risk, linear risk)`` of the Gibbs member on ``data`` at each ``posterior_std``: means over every
-    example and draw.
+                seed: int | None = None, device: torch.device | str = "cpu", on_batch=None) -> RowRisks:
+    """Per-row Gibbs risks of the posterior on ``data`` at each ``posterior_std``.
 
     Each of ``draws`` draws per example has its own masks and noise (`posterior_logits_over_grid`, which
-    draws them once per batch for the whole grid); the 0-1 loss is ``argmax != label``, the linear loss
-    ``1 - prob_label``. Sums are accumulated in float64.
+    draws them once per batch for the whole grid). Sums are accumulated in float64.
     """
-    errors = [0.0] * len(posterior_stds)
-    linear = [0.0] * len(posterior_stds)
+    errors, linear, ids = [], [], []
+    evaluated = np.zeros(len(posterior_stds), dtype=np.int64)
     for batch in data.batches(batch_size, device=device):
         grid_logits = posterior_logits_over_grid(model, batch, posterior_stds=posterior_stds, draws=draws,
                                                  seed=seed)  # (G, k, B, C)
-        labels = batch["labels"].expand(draws, -1)  # (k, B)
-        for g, logits in enumerate(grid_logits):
-            errors[g] += float((logits.argmax(-1) != labels).sum())
-            prob = logits.double().softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (k, B)
-            linear[g] += float((1.0 - prob).sum())
+        labels = batch["labels"].expand(grid_logits.shape[1], -1)  # (k, B)
+        wrong = (grid_logits.argmax(-1) != labels).double()  # (G, k, B)
+        prob = grid_logits.double().softmax(-1).gather(-1, labels.expand_as(wrong).unsqueeze(-1)).squeeze(-1)
+        errors.append(wrong.mean(1).cpu().numpy())
+        linear.append((1.0 - prob).mean(1).cpu().numpy())
+        evaluated += wrong.shape[1] * wrong.shape[2]
+        ids.append(batch["sample_id"].cpu().numpy())
         if on_batch is not None:
             on_batch()
-    total = len(data) * draws
-    return [(e / total, lin / total) for e, lin in zip(errors, linear, strict=True)]
+    return RowRisks(np.concatenate(errors, axis=1), np.concatenate(linear, axis=1), np.concatenate(ids), evaluated)
+
+
+def certification_units(frame, sample_ids: Sequence[int], *, level: str) -> Units:
+    """The units of the rows ``sample_ids`` of a split's frame (columns ``sample_id``, ``group``) at ``level``."""
+    if level == "row":
+        return row_units(len(sample_ids), declared=has_groups(frame["group"]))
+    by_id = dict(zip(frame["sample_id"].astype(int), frame["group"], strict=True))
+    return group_units([by_id[int(i)] for i in sample_ids])
+
+
+def check_fingerprints(record: dict | None, frame, source: str) -> None:
+    """ValueError naming ``source`` when the data no longer hold the texts and labels the prior split was recorded
+    with (`lora_dropout.tasks.splits.examples_fingerprint` of prior.json's two id lists); runs trained before the
+    fingerprints were recorded are not checked."""
+    if record is None:
+        return
+    for key in ("prior", "certifiable"):
+        recorded = record.get(f"{key}_fingerprint")
+        if recorded is None:
+            continue
+        ids = record[f"{key}_ids"]
+        try:
+            now = examples_fingerprint(frame, ids)
+        except KeyError:
+            now = None
+        if now != recorded:
+            raise ValueError(
+                f"the data file {source} no longer matches the run: prior/prior.json's {key}_ids point at other texts "
+                f"or labels than when the run was trained (sha256 {recorded[:12]}... recorded, "
+                f"{'ids missing' if now is None else now[:12] + '...'} now); the file was edited or reordered, so "
+                "which examples the prior saw is unknown: restore the file or retrain")
 
 
 def certify_run(
@@ -215,12 +308,19 @@ def certify_run(
     delta: float = DEFAULT_DELTA,
     delta_mc: float = DEFAULT_DELTA_MC,
     prior: str | None = None,
+    assume_iid_rows: bool = False,
     batch_size: int | None = None,
     seed: int | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> CertifyResult:
     """Measure the PAC-Bayes dropout certificate's inputs on ``run_dir`` and write ``certificates.parquet``.
+
+    The certificate is stated at the level at which the data are independent (`lora_dropout.probes.units`):
+    per group when the training split has groups, per row otherwise. With ``assume_iid_rows`` on grouped
+    data, the rows are declared i.i.d. and a row-level table, ``certificates_iid_rows.parquet``, is written
+    from the same draws beside the group-level one. Every call is appended to ``certify_log.jsonl``
+    (`bounds.runlog.append_certify_log`), whose entries the report's union bound counts.
 
     Parameters
     ----------
@@ -233,6 +333,8 @@ def certify_run(
         Failure probabilities of the PAC-Bayes and Monte Carlo steps (recorded; used by the report).
     prior : {"init", "trained"}, optional
         Default: ``trained`` when ``prior/prior.safetensors`` exists, else ``init``.
+    assume_iid_rows : bool
+        Declare the rows of grouped data i.i.d. and also certify at row level.
     batch_size : int, optional
         Examples per forward pass before tiling by the draws (default: the run's ``eval_batch_size``).
     seed : int, optional
@@ -245,8 +347,8 @@ def certify_run(
     FileNotFoundError
         The run has no such prior (see `resolve_prior`).
     ValueError
-        A bad argument, a run that is not a finished classification run, or a prior.json whose
-        certifiable ids overlap the prior's.
+        A bad argument, a run that is not a finished classification run, a prior.json whose certifiable ids
+        overlap the prior's, or a data file that no longer matches the one the run was trained on.
     """
     run_dir = Path(run_dir)
     grid = check_grid(posterior_std_grid)
@@ -269,8 +371,12 @@ def certify_run(
     loaded = load_run(run_dir, device=device)
     model = loaded.model
     dev = next(p for p in model.parameters() if p.requires_grad).device
+    splits = loaded.prepared.splits
+    check_fingerprints(record, splits.train, splits.source)
     train, test = loaded.prepared.train, loaded.prepared.test
-    ids = certified_ids(kind, record, train.sample_ids)
+    groups = group_of(splits.train)
+    levels = certificate_levels(kind, record, groups, assume_iid_rows=assume_iid_rows)
+    ids = certified_ids(kind, record, train.sample_ids, groups if levels[0] == "group" else None)
     chosen = set(ids)
     certified = train.subset([i for i, s in enumerate(train.sample_ids) if int(s) in chosen])
     if len(test) == 0:
@@ -284,25 +390,48 @@ def certify_run(
     bs = batch_size or loaded.config.train.eval_batch_size
     k = posterior_draws
     n_batches = math.ceil(len(certified) / bs) + math.ceil(len(test) / bs)
-    passes = len(grid) * k
     with tqdm(total=n_batches, desc=f"certify {run_dir.name}", unit="batch", disable=not progress,
               leave=False) as bar:
         risks = {split: gibbs_risks(model, data, posterior_stds=grid, draws=k, batch_size=bs, seed=seed, device=dev,
                                     on_batch=lambda: bar.update(1))
                  for split, data in (("train", certified), ("test", test))}
-    rows = []
-    for g, sigma in enumerate(grid):
-        two_var = 2.0 * sigma**2  # KL(Q || P) bound of theory.md section 6 (bounds.formulas.dropout_kl)
-        factor_term, head_term = (1.0 - p) * dist.factor / two_var, dist.head / two_var
-        rows.append({
-            "posterior_std": sigma, "p": p, "n_bound": len(certified), "n_test": len(test), "draws": k,
-            "factor_sq_dist": dist.factor, "head_sq_dist": dist.head, "kl_factor_term": factor_term,
-            "kl_head_term": head_term, "kl": factor_term + head_term,
-            "train_gibbs_error": risks["train"][g][0], "train_gibbs_linear": risks["train"][g][1],
-            "test_gibbs_error": risks["test"][g][0], "test_gibbs_linear": risks["test"][g][1],
-            "prior": kind, "grid_size": len(grid), "delta": delta, "delta_mc": delta_mc, "seed": seed,
-            "passes": passes,
-        })
-    table = pd.DataFrame(rows)
-    path = write_table(run_dir, "certificates", table)
-    return CertifyResult(path, table, kind, ids, passes)
+    frames = {"train": splits.train, "test": splits.test}
+    common = {"p": p, "draws": k, "factor_sq_dist": dist.factor, "head_sq_dist": dist.head, "prior": kind,
+              "grid_size": len(grid), "delta": delta, "delta_mc": delta_mc, "seed": seed,
+              "n_bound_rows": len(certified), "n_test_rows": len(test),
+              "data_fingerprint": examples_fingerprint(splits.train, risks["train"].sample_ids)}
+    tables = {}
+    for level in levels:
+        units = {split: certification_units(frames[split], risks[split].sample_ids, level=level)
+                 for split in ("train", "test")}
+        (train_err, train_lin), (test_err, test_lin) = (risks[s].at(units[s]) for s in ("train", "test"))
+        rows = []
+        for g, sigma in enumerate(grid):
+            two_var = 2.0 * sigma**2  # KL(Q || P) bound of docs/certificate.md (bounds.formulas.dropout_kl)
+            factor_term, head_term = (1.0 - p) * dist.factor / two_var, dist.head / two_var
+            rows.append({
+                **common, "posterior_std": sigma, "level": level, "premise": units["train"].premise,
+                "n_bound": units["train"].count, "n_test": units["test"].count,
+                "kl_factor_term": factor_term, "kl_head_term": head_term, "kl": factor_term + head_term,
+                "train_gibbs_error": train_err[g], "train_gibbs_linear": train_lin[g],
+                "test_gibbs_error": test_err[g], "test_gibbs_linear": test_lin[g],
+                # counted while running: (row, draw) losses per grid point, over both splits, per row
+                "evaluated_draws": int(risks["train"].evaluated[g]),
+                "passes": int(sum(int(r.evaluated.sum()) for r in risks.values()) // (len(certified) + len(test))),
+            })
+        tables[level] = pd.DataFrame(rows)
+    headline = tables[levels[0]]
+    path = write_table(run_dir, "certificates", headline)
+    iid_rows = run_dir / TABLES["certificates_iid_rows"].filename
+    if len(levels) > 1:
+        write_table(run_dir, "certificates_iid_rows", tables["row"])
+    elif iid_rows.is_file():
+        iid_rows.unlink()  # measured with other draws: stale
+    append_certify_log(run_dir, {
+        "kind": "grid", "settings": {"posterior_std_grid": list(grid), "posterior_draws": k, "delta": delta,
+                                     "delta_mc": delta_mc, "prior": kind, "seed": seed,
+                                     "assume_iid_rows": bool(assume_iid_rows)},
+        "result": {level: {"n_bound": int(t["n_bound"].iloc[0]), "kl": t["kl"].tolist(),
+                           "train_gibbs_error": t["train_gibbs_error"].tolist(),
+                           "test_gibbs_error": t["test_gibbs_error"].tolist()} for level, t in tables.items()}})
+    return CertifyResult(path, headline, kind, ids, int(headline["passes"].iloc[0]))

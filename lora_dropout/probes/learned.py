@@ -39,7 +39,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID, LEARNED_DIR, read_learned_record, write_json
+from bounds.runlog import (
+    DEFAULT_POSTERIOR_STD_GRID,
+    LEARNED_DIR,
+    append_certify_log,
+    read_learned_record,
+    write_json,
+)
 
 from ..method.losses import logits_of
 from ..method.objective import KEY_FIELD, tile, unwrap
@@ -50,10 +56,13 @@ from .certify import (
     DEFAULT_DELTA,
     DEFAULT_DELTA_MC,
     DEFAULT_POSTERIOR_DRAWS,
+    certification_units,
     certified_ids,
+    check_fingerprints,
     check_grid,
     check_probability,
     gibbs_risks,
+    group_of,
     load_prior_state,
     resolve_prior,
 )
@@ -199,10 +208,13 @@ def learn_posterior(
         raise ValueError(f"{run_dir} is an {loaded.config.train.task} run: the learned posterior is implemented for "
                          "classification runs")
     model = loaded.model
-    train = loaded.prepared.train
-    chosen = set(certified_ids(kind, record, train.sample_ids))
+    train, splits = loaded.prepared.train, loaded.prepared.splits
+    check_fingerprints(record, splits.train, splits.source)
+    groups = group_of(splits.train)
+    chosen = set(certified_ids(kind, record, train.sample_ids, groups))
     data = train.subset([i for i, s in enumerate(train.sample_ids) if int(s) in chosen])
-    n_b = len(data)
+    # n_b of the bound the objective relaxes: certified groups when the data have groups, else rows
+    n_b = len(data) if groups is None else len({groups[int(i)] for i in data.sample_ids})
     p = float(loaded.handle.config.dropout_rate)
     seed = int(loaded.handle.config.seed)
     params, weight, count = _groups(model, p)
@@ -323,17 +335,23 @@ def certify_learned(
             raise ValueError(f"{run_dir / LEARNED_DIR}: the mean's distance to the prior for {n} is {dist[n]!r}, "
                              f"learned.json says {t['sq_dist']!r}")
     std = {n: t["posterior_std"] for n, t in record["tensors"].items()}
-    train, test = loaded.prepared.train, loaded.prepared.test
-    chosen = set(certified_ids(kind, prior_record, train.sample_ids))
+    train, test, splits = loaded.prepared.train, loaded.prepared.test, loaded.prepared.splits
+    check_fingerprints(prior_record, splits.train, splits.source)
+    groups = group_of(splits.train)
+    level = "row" if groups is None else "group"
+    chosen = set(certified_ids(kind, prior_record, train.sample_ids, groups))
     certified = train.subset([i for i, s in enumerate(train.sample_ids) if int(s) in chosen])
     bs = batch_size or loaded.config.train.eval_batch_size
     seed = int(record["seed"])
     n_batches = math.ceil(len(certified) / bs) + math.ceil(len(test) / bs)
     with tqdm(total=n_batches, desc=f"certify learned {run_dir.name}", unit="batch", disable=not progress,
               leave=False) as bar:
-        risks = {split: gibbs_risks(model, data, posterior_stds=[std], draws=posterior_draws, batch_size=bs,
-                                    seed=seed, device=dev, on_batch=lambda: bar.update(1))[0]
-                 for split, data in (("train", certified), ("test", test))}
+        measured = {split: gibbs_risks(model, data, posterior_stds=[std], draws=posterior_draws, batch_size=bs,
+                                       seed=seed, device=dev, on_batch=lambda: bar.update(1))
+                    for split, data in (("train", certified), ("test", test))}
+    frames = {"train": splits.train, "test": splits.test}
+    units = {s: certification_units(frames[s], m.sample_ids, level=level) for s, m in measured.items()}
+    risks = {s: tuple(float(v[0]) for v in m.at(units[s])) for s, m in measured.items()}
     grid = tuple(record["prior_std_grid"])
     rows = []
     for sp in grid:  # bounds.formulas.learned_dropout_kl, recomputed by the report
@@ -341,7 +359,8 @@ def certify_learned(
         variance = sum(weight[n] * count[n] * (math.log(sp / std[n]) + std[n] ** 2 / two_var - 0.5) for n in std)
         distance = sum(weight[n] * dist[n] / two_var for n in std)
         rows.append({
-            "prior_std": sp, "p": p, "n_bound": len(certified), "n_test": len(test), "draws": posterior_draws,
+            "prior_std": sp, "p": p, "level": level, "n_bound": units["train"].count,
+            "n_bound_rows": len(certified), "n_test": units["test"].count, "draws": posterior_draws,
             "kl_variance_term": variance, "kl_distance_term": distance, "kl": variance + distance,
             "train_gibbs_error": risks["train"][0], "train_gibbs_linear": risks["train"][1],
             "test_gibbs_error": risks["test"][0], "test_gibbs_linear": risks["test"][1],
@@ -350,5 +369,11 @@ def certify_learned(
         })
     table = pd.DataFrame(rows)
     write_table(run_dir, "learned_certificates", table)
+    append_certify_log(run_dir, {
+        "kind": "learned", "settings": {"prior_std_grid": list(grid), "posterior_draws": posterior_draws,
+                                        "delta": float(record["delta"]), "delta_mc": delta_mc, "prior": kind,
+                                        "seed": seed, "learn": record.get("settings")},
+        "result": {level: {"n_bound": units["train"].count, "kl": table["kl"].tolist(),
+                           "train_gibbs_error": risks["train"][0], "test_gibbs_error": risks["test"][0]}}})
     return table
 

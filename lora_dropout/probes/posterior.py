@@ -16,11 +16,11 @@ a batched matmul in the LoRA branch (forward hooks add ``h @ eps_A[row]^T`` to `
 
 Everything is counter-based, like the masks (`lora_dropout.method.masks`): the noise of an entry is a pure
 function of ``(seed, "posterior", sample_id, draw, parameter name, entry)`` (a hash turned into a
-normal by Box-Muller, `lora_dropout.probes.noise`), and the masks are the evaluation-stream masks
-keyed by ``(sample_id, draw)``.
-A draw therefore does not depend on the batch it is computed in (composition, order, size), on how the
-draws are chunked, or on the device; at ``posterior_std = 0`` draw ``d`` of an example is exactly
-member ``d`` of its test-time ensemble (`lora_dropout.method.ensemble.predict`).
+normal by Box-Muller, `lora_dropout.probes.noise`), and the masks are example-scope LoRA Dropout masks
+keyed by ``(sample_id, draw)`` on the certificate's own stream (`lora_dropout.method.masks.CERTIFY_STREAM`,
+never used in training or its evaluations). A draw therefore does not depend on the batch it is computed in
+(composition, order, size), on how the draws are chunked, or on the device; at ``posterior_std = 0`` a draw
+is a LoRA Dropout member under those masks.
 
 `lora_dropout.probes.prior_distance.factor_and_head_sq_dist` returns the two squared distances that
 enter ``KL(Q || P)`` (`bounds.formulas.dropout_kl`).
@@ -38,7 +38,7 @@ import torch
 from ..method import peft_seam
 from ..method.apply import LoraDropout, MaskSet, get_lora_dropout
 from ..method.losses import logits_of
-from ..method.masks import EVAL_STREAM, row_hashes, sample_keep, split_sites
+from ..method.masks import CERTIFY_STREAM, row_hashes, sample_keep, split_sites
 from ..method.objective import KEY_FIELD, instance_chunks, tile, unwrap
 from ..method.validation import check_count
 from .noise import check_posterior_std, posterior_noise
@@ -113,17 +113,17 @@ def posterior_masks(
 ) -> MaskSet:
     """The masks of posterior draws: per example and draw, whatever ``mask_scope`` training used.
 
-    The evaluation-stream masks of ``handle`` keyed by ``(seed, sample_id, draw)`` (time coordinate 0),
-    i.e. exactly ``handle.sample(B, n_instances=draws, first_instance=first_draw, keys=keys,
-    train=False)`` of an ``example``-scope configuration: draw ``d`` of example ``b`` uses the masks of
-    member ``d`` of its test-time ensemble. Rows are draw-major (``d * B + b``).
+    The law of the ``example``-scope masks of ``handle`` (each column of ``A`` and row of ``B`` kept with
+    probability ``1 - p``), keyed by ``(seed, sample_id, draw)`` (time coordinate 0) on the certificate's own
+    stream, `lora_dropout.method.masks.CERTIFY_STREAM`: no mask a certificate uses was drawn during training
+    or its evaluations. Rows are draw-major (``d * B + b``).
     """
     cfg = handle.config
     b = keys.shape[0]
     draw_ids = torch.arange(first_draw, first_draw + draws, dtype=torch.int64, device=keys.device)
     h = row_hashes(
         seed=cfg.seed,
-        stream=EVAL_STREAM,
+        stream=CERTIFY_STREAM,
         step=0,
         keys=keys.repeat(draws),
         instances=draw_ids.repeat_interleave(b),
@@ -344,8 +344,8 @@ def posterior_logits(
     batch : mapping
         Model inputs and ``sample_id`` (required: the draws are keyed by it); ``labels`` is ignored.
     posterior_std : float or mapping
-        ``sigma >= 0`` (or one per parameter name, `perturbed`). At 0 the result is the test-time ensemble's member logits
-        (`lora_dropout.method.ensemble.predict` with ``n_instances = draws``, up to rounding).
+        ``sigma >= 0`` (or one per parameter name, `perturbed`). At 0 the result is the logits of the LoRA
+        Dropout members under `posterior_masks`.
     draws : int
         ``k``, draws per example.
     seed : int, optional

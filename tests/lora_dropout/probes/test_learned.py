@@ -209,7 +209,7 @@ def test_cli_learns_certifies_and_records_the_report_with_its_audit(tiny_run, tm
     assert {"pacbayes_dropout", "pacbayes_dropout_ensemble", "pacbayes_dropout_learned"} <= set(stored)
     audit = {a["name"]: a["holds"] for a in stored["pacbayes_dropout_learned"]["assumptions"]}
     for name in ("certified_disjoint_from_prior", "n_bound_matches_prior", "grid_fixed_in_advance",
-                 "monte_carlo_term", "kl_recomputed", "draws_independent_of_learning"):
+                 "selection_counted", "kl_recomputed", "draws_independent_of_learning", "learned_tensors_match_run"):
         assert audit[name], name
     names = [r.name for r in evaluate_run(run)]  # the default grid differs from GRID: the audit says so
     assert "pacbayes_dropout_learned" in names

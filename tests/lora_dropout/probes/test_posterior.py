@@ -12,7 +12,7 @@ import torch
 from peft import get_peft_model_state_dict
 from scipy import stats
 
-from lora_dropout import LoraDropoutConfig, apply_lora_dropout, get_lora_dropout, predict
+from lora_dropout import LoraDropoutConfig, apply_lora_dropout, get_lora_dropout
 from lora_dropout.probes.noise import posterior_noise, standard_normal
 from lora_dropout.probes.posterior import (
     posterior_logits,
@@ -69,7 +69,8 @@ def _explicit_member(model, batch, b, d, *, std, seed, perturb=("lora", "head"))
                     dtype=param.dtype,
                 )
                 param.add_(eps[0, 0])
-        masks = handle.sample(1, n_instances=1, first_instance=d, keys=torch.tensor([sid]), train=False)
+        # the certificate's masks (their law is checked against a computation by hand below)
+        masks = posterior_masks(handle, torch.tensor([sid]), draws=1, first_draw=d)
         clone.eval()
         with handle.use(masks):
             out = clone(
@@ -128,24 +129,38 @@ def test_the_head_is_perturbed_not_only_the_lora_factors():
 
 
 @pytest.mark.parametrize("cfg", [{}, {"rescale": True}])
-def test_zero_std_is_the_lora_dropout_ensemble_member(cfg):
+def test_zero_std_is_the_lora_dropout_member_under_the_posterior_masks(cfg):
     model, batch = _model(**cfg), _batch()
     got = posterior_logits(model, batch, posterior_std=0.0, draws=4, seed=9)
-    members = predict(
-        model, batch, mode="ensemble", n_instances=4
-    ).member_logits  # same eval masks, same keys
+    handle = get_lora_dropout(model)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "sample_id")}
+    model.eval()
+    with torch.no_grad(), handle.use(posterior_masks(handle, torch.tensor(SIDS), draws=4)):
+        tiled = {k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in inputs.items()}  # draw-major rows
+        members = model(**tiled).logits.reshape(4, len(SIDS), -1)
     torch.testing.assert_close(got, members, rtol=0, atol=1e-12)
     assert not torch.allclose(members[0], members[1])  # the masks matter, so the keys were matched
 
 
-def test_posterior_masks_are_the_example_scope_evaluation_masks():
+def test_posterior_masks_are_example_scope_masks_of_their_own_stream():
+    from lora_dropout.method.masks import CERTIFY_STREAM, EVAL_STREAM, TRAIN_STREAM, row_hashes, sample_keep
+
     handle = get_lora_dropout(_model())
     keys = torch.tensor(SIDS)
     got = posterior_masks(handle, keys, draws=3, first_draw=2)
-    ref = handle.sample(4, n_instances=3, first_instance=2, keys=keys, train=False)
-    for site in ref.masks:
-        for g, r in zip(got.masks[site], ref.masks[site], strict=True):
-            assert torch.equal(g, r)
+    # the documented law, computed here: keyed by (seed, stream, sample id, draw), time coordinate 0
+    h = row_hashes(seed=handle.config.seed, stream=CERTIFY_STREAM, step=0, keys=keys.repeat(3),
+                   instances=torch.arange(2, 5).repeat_interleave(len(SIDS)))
+    keep = sample_keep(handle.layout.feature_hash(keys.device), h, handle.config.dropout_rate)
+    flat = torch.cat([torch.cat([m.reshape(m.shape[0], -1) for m in got.masks[site]], dim=1) for site in got.masks],
+                     dim=1)
+    torch.testing.assert_close(flat, keep.to(flat.dtype) * handle.config.mask_value, rtol=0, atol=0)
+    # never the masks of training or of its evaluations (the test-time ensemble)
+    for stream in (TRAIN_STREAM, EVAL_STREAM):
+        assert stream != CERTIFY_STREAM
+    ensemble = handle.sample(4, n_instances=3, first_instance=2, keys=keys, train=False)
+    assert any(not torch.equal(g, r) for site in got.masks for g, r in zip(got.masks[site], ensemble.masks[site],
+                                                                         strict=True))
 
 
 def test_draws_do_not_depend_on_batch_order_size_or_chunking():
