@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from bounds.formulas import dropout_kl
 from bounds.runlog import read_meta, validate_run
 from lora_dropout.probes.certify import certify_run
-from lora_dropout.probes.posterior import posterior_logits
 from lora_dropout.runs.config import RunConfig
 from lora_dropout.runs.run import load_run, train_run
 from lora_dropout.runs.train import build_model, prepare, steps_per_epoch
@@ -82,15 +81,21 @@ def _copy(run_dir, tmp_path, name="run"):
 
 
 def _loop(model, data, positions, sigma):
-    """Reference: one example at a time, every draw separately."""
+    """Reference: one example at a time, every draw separately, each member an explicit copy of the model with the
+    noise added to every trainable parameter (tests/lora_dropout/probes/test_posterior.py), so a parameter the
+    batched sampling left unperturbed changes the certificate's risks."""
+    from lora_dropout import get_lora_dropout
+    from tests.lora_dropout.probes.test_posterior import _explicit_member
+
+    seed = get_lora_dropout(model).config.seed
     errors, linear, count = 0.0, 0.0, 0
     for i in positions:
         batch = data.collate([i])
-        logits = posterior_logits(model, batch, posterior_std=sigma, draws=K)  # (K, 1, C)
         y = int(batch["labels"][0])
         for d in range(K):
-            errors += float(int(logits[d, 0].argmax()) != y)
-            linear += 1.0 - float(torch.softmax(logits[d, 0].double(), -1)[y])
+            logits = _explicit_member(model, batch, 0, d, std=sigma, seed=seed)  # (C,)
+            errors += float(int(logits.argmax()) != y)
+            linear += 1.0 - float(torch.softmax(logits.double(), -1)[y])
             count += 1
     return errors / count, linear / count
 

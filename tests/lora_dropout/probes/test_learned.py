@@ -220,6 +220,18 @@ def test_cli_learns_certifies_and_records_the_report_with_its_audit(tiny_run, tm
     assert {a.name: a.holds for a in report.assumptions}["kl_recomputed"] is False
     (report,) = learned_certificate_reports(run, prior_std_grid=(0.02, 0.3))
     assert {a.name: a.holds for a in report.assumptions}["grid_fixed_in_advance"] is False
+    # learned.json's KL weights and counts are checked against the run's p and the saved tensors, not trusted
+    path = run / "posterior" / "learned.json"
+    original = json.loads(path.read_text())
+    factor = next(n for n in original["tensors"] if ".lora_A." in n)
+    head = next(n for n in original["tensors"] if ".lora_" not in n)
+    for name, key, value in ((factor, "weight", 1.0), (head, "weight", 0.7), (factor, "count", 1)):
+        tampered = json.loads(json.dumps(original))
+        tampered["tensors"][name][key] = value
+        path.write_text(json.dumps(tampered))
+        (report,) = learned_certificate_reports(run, prior_std_grid=GRID)
+        assert {a.name: a.holds for a in report.assumptions}["learned_tensors_match_run"] is False, (name, key)
+    path.write_text(json.dumps(original))
 
 
 def test_a_study_point_that_learns_resumes_in_place_and_records_the_report(tiny_run, tmp_path):  # noqa: F811
