@@ -57,7 +57,8 @@ _CERTIFICATES = (*CERTIFICATE_REPORTS, LEARNED_REPORT)
 #: Inputs of the certificate reports added to the summary at the best grid point (report input name -> summary
 #: quantity; the report's name goes into the ``report`` column).
 CERTIFICATE_INPUTS = {"posterior_std": "posterior_std", "kl": "kl", "gibbs_error": "train_gibbs_error",
-                      "gibbs_linear": "train_gibbs_linear", "n_bound": "n_bound", "posterior_draws": "posterior_draws"}
+                      "gibbs_linear": "train_gibbs_linear", "n_bound": "n_bound", "n_bound_rows": "n_bound_rows",
+                      "posterior_draws": "posterior_draws"}
 
 
 @dataclass

@@ -21,7 +21,9 @@ from bounds.report import (
     write_certificate_entries,
 )
 from bounds.runlog import (
+    CERTIFY_LOG,
     DEFAULT_POSTERIOR_STD_GRID,
+    append_certify_log,
     SCHEMA_VERSION,
     TABLES,
     MissingTableError,
@@ -54,7 +56,9 @@ def rows(grid=GRID, *, prior="trained", n_bound=N_BOUND, f=F_DIST, h=H_DIST, gri
                     "kl": fac + head, "train_gibbs_error": train_err[i], "train_gibbs_linear": train_lin[i],
                     "test_gibbs_error": test_err[i], "test_gibbs_linear": test_lin[i], "prior": prior,
                     "grid_size": len(grid) if grid_size is None else grid_size, "delta": DELTA,
-                    "delta_mc": DELTA_MC, "seed": 7, "passes": len(grid) * K})
+                    "delta_mc": DELTA_MC, "seed": 7, "passes": len(grid) * K, "level": "row",
+                    "premise": "rows i.i.d. (the data have no group column); risk of a new row", "n_bound_rows": n_bound,
+                    "n_test_rows": N_TEST, "evaluated_draws": n_bound * K, "data_fingerprint": "f" * 64})
     return pd.DataFrame(out, columns=TABLES["certificates"].column_names)
 
 
@@ -68,9 +72,12 @@ def write(path, frame=None, *, prior_record=None):
         (path / "meta.json").write_text(json.dumps(meta))
     (rows() if frame is None else frame).to_parquet(path / "certificates.parquet")
     record = prior_record if prior_record is not None else {
-        "prior_fraction": 0.4, "prior_ids": PRIOR_IDS, "certifiable_ids": CERTIFIABLE}
+        "prior_fraction": 0.4, "prior_ids": PRIOR_IDS, "certifiable_ids": CERTIFIABLE,
+        "certifiable_fingerprint": "f" * 64}
     (path / "prior").mkdir(exist_ok=True)
     (path / "prior" / "prior.json").write_text(json.dumps(record))
+    (path / CERTIFY_LOG).unlink(missing_ok=True)
+    append_certify_log(path, {"kind": "grid", "settings": {}, "result": {}})  # one certificate tried
     return path
 
 
@@ -180,10 +187,13 @@ def test_audit_checks_the_grid_was_fixed_in_advance(tmp_path):
         certificate_reports(write(tmp_path / "cut3", rows().iloc[[1]]), posterior_std_grid=GRID)
 
 
-def test_monte_carlo_and_kl_audits(tmp_path):
+def test_evaluation_count_and_kl_audits(tmp_path):
     gibbs = by_name(certificate_reports(write(tmp_path / "run"), posterior_std_grid=GRID))["pacbayes_dropout"]
-    mc = assumption(gibbs, "monte_carlo_term")
-    assert mc.holds is True and mc.measured > 0
+    assert assumption(gibbs, "every_certified_example_evaluated").holds is True
+    short = rows().assign(evaluated_draws=N_BOUND * K - 3)  # three (row, draw) losses never computed
+    r = by_name(certificate_reports(write(tmp_path / "short", short), posterior_std_grid=GRID))["pacbayes_dropout"]
+    a = assumption(r, "every_certified_example_evaluated")
+    assert a.holds is False and a.measured == N_BOUND * K - 3 and a.threshold == N_BOUND * K
     assert assumption(gibbs, "kl_recomputed").holds is True
     tampered = rows().assign(kl=lambda f: f["kl"] * 0.5)  # a table whose kl disagrees with its distances
     r = by_name(certificate_reports(write(tmp_path / "bad", tampered), posterior_std_grid=GRID))["pacbayes_dropout"]
@@ -240,7 +250,7 @@ def test_bounds_json_entries_are_merged_and_the_bounds_cli_keeps_them(tmp_path, 
     assert bounds_main([str(run), "--posterior-std-grid", *map(str, GRID)]) == 0
     document = json.loads((run / "bounds.json").read_text())
     stored = {r["name"]: r for r in document["reports"]}
-    assert {"theorem44", *CERTIFICATE_REPORTS} <= set(stored)
+    assert {"theorem44", *CERTIFICATE_REPORTS[:2]} <= set(stored)
     grid_audit = [a for a in stored["pacbayes_dropout"]["assumptions"] if a["name"] == "grid_fixed_in_advance"]
     assert grid_audit[0]["holds"] is True
     assert document["settings"]["certificate"]["posterior_std_grid"] == list(GRID)
@@ -261,6 +271,6 @@ def test_bounds_json_entries_are_merged_and_the_bounds_cli_keeps_them(tmp_path, 
     write_certificate_entries(fresh, certificate_reports(fresh, posterior_std_grid=GRID),
                               CertificateSettings(posterior_std_grid=GRID, delta=DELTA))
     document = json.loads((fresh / "bounds.json").read_text())
-    assert [r["name"] for r in document["reports"]] == list(CERTIFICATE_REPORTS)
+    assert [r["name"] for r in document["reports"]] == list(CERTIFICATE_REPORTS[:2])  # no rows-declared table
     assert list(document["settings"]) == ["certificate"]
     assert document["schema_version"] == SCHEMA_VERSION and document["run_id"] == "fresh"
