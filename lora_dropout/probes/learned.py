@@ -52,19 +52,15 @@ from ..method.objective import KEY_FIELD, tile, unwrap
 from ..method.validation import check_count
 from ..runs.run import load_run
 from ..runs.writer import write_table
+from .certified_set import certification_units, certified_ids, check_fingerprints, group_of, resolve_prior
 from .certify import (
     DEFAULT_DELTA,
     DEFAULT_DELTA_MC,
     DEFAULT_POSTERIOR_DRAWS,
-    certification_units,
-    certified_ids,
-    check_fingerprints,
     check_grid,
     check_probability,
     gibbs_risks,
-    group_of,
     load_prior_state,
-    resolve_prior,
 )
 from .posterior import perturbed, posterior_parameters, shared_draws
 from .prior_distance import per_tensor_sq_dist, prior_tensors
