@@ -43,7 +43,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         learned_certificate_reports,
         write_certificate_entries,
     )
-    from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID, TABLES
+    from bounds.runlog import CERTIFY_LOG, DEFAULT_POSTERIOR_STD_GRID, TABLES
     from bounds.settings import CertificateSettings
     from lora_dropout.probes.certify import certify_run
 
@@ -80,7 +80,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
     d = {q.name: q.value for q in reports[0].inputs}
     print(_format_certificates(certificate_table(table, delta=d["delta"], delta_mc=d["delta_mc"]), reports))
     settings = dataclasses.replace(wanted, prior=str(row.prior), seed=int(row.seed))
-    written = [path]
+    written = [path, *([path.with_name(TABLES["certificates_iid_rows"].filename)]
+                       if path.with_name(TABLES["certificates_iid_rows"].filename).is_file() else []),
+               args.run_dir / CERTIFY_LOG]
     if args.learn_posterior:
         try:
             written += _learn(args, grid, str(row.prior))
