@@ -64,8 +64,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         try:
             table = certify_run(args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws,
                                 delta=args.delta, delta_mc=args.delta_mc, prior=args.prior,
-                                assume_iid_rows=args.assume_iid_rows, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                                progress=not args.quiet).table
+                                assume_iid_rows=args.assume_iid_rows, batch_size=args.batch_size, seed=args.seed,
+                                device=args.device, progress=not args.quiet).table
         except KeyboardInterrupt:
             print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
             return 130
@@ -90,7 +90,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
             print("\ninterrupted: the grid certificate was written; the learned posterior was not",
                   file=sys.stderr)
             return 130
-        reports = reports + learned_certificate_reports(args.run_dir, prior_std_grid=grid)
+        # the learned posterior is one more certificate tried: every report is recomputed with the new split
+        reports = [*certificate_reports(args.run_dir, posterior_std_grid=grid),
+                   *learned_certificate_reports(args.run_dir, prior_std_grid=grid)]
         best = reports[-1]
         sp = {q.name: q.value for q in best.inputs}["prior_std"]
         print(f"best {best.name} [{best.status}]: {best.value:.4f} at prior_std={sp:g}; measured "

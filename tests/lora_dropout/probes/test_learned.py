@@ -208,6 +208,10 @@ def test_cli_learns_certifies_and_records_the_report_with_its_audit(tiny_run, tm
     stored = {r["name"]: r for r in json.loads((run / "bounds.json").read_text())["reports"]}
     assert {"pacbayes_dropout", "pacbayes_dropout_ensemble", "pacbayes_dropout_learned"} <= set(stored)
     audit = {a["name"]: a["holds"] for a in stored["pacbayes_dropout_learned"]["assumptions"]}
+    # the grid and the learned posterior are two certificates tried: every stored report splits delta over both
+    for name in ("pacbayes_dropout", "pacbayes_dropout_learned"):
+        inputs = {q["name"]: q["value"] for q in stored[name]["inputs"]}
+        assert inputs["delta"] == pytest.approx(0.05 / 2), name
     for name in ("certified_disjoint_from_prior", "n_bound_matches_prior", "grid_fixed_in_advance",
                  "selection_counted", "kl_recomputed", "draws_independent_of_learning", "learned_tensors_match_run"):
         assert audit[name], name
