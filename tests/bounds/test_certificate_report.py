@@ -23,11 +23,11 @@ from bounds.report import (
 from bounds.runlog import (
     CERTIFY_LOG,
     DEFAULT_POSTERIOR_STD_GRID,
-    append_certify_log,
     SCHEMA_VERSION,
     TABLES,
     MissingTableError,
     RunLogError,
+    append_certify_log,
     validate_run,
 )
 from bounds.settings import BoundSettings, CertificateSettings
