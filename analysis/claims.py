@@ -1,4 +1,4 @@
-"""The paper's claims (theory.md section 5) and the theory's, checked on a collected study; also two
+"""The paper's claims (docs/experiments.md) and the theory's, checked on a collected study; also two
 claims about the toolkit's own PAC-Bayes dropout certificate (section 6): that it is non-vacuous, and
 that the p it selects is the p of the smallest test error.
 
@@ -302,7 +302,7 @@ def _p_panel(summary: pd.DataFrame, focus: Focus) -> pd.DataFrame:
 
 
 def certificate_non_vacuous(summary: pd.DataFrame, focus: Focus) -> Claim:
-    """The toolkit's own PAC-Bayes dropout certificate (theory.md section 6) is below 1 at the focus.
+    """The toolkit's own PAC-Bayes dropout certificate (docs/certificate.md) is below 1 at the focus.
 
     One measurement per run, decided by it (no interval: the certificate already holds with probability
     ``1 - 2 (delta + delta_mc)``, and whether it is ``< 1`` is arithmetic): held when every certified

@@ -154,7 +154,7 @@ def _summary_rows(run: RunLog, reports: list[tuple[str, BoundReport]], probes: p
                 add(q.name, q.value, **keys)
         if keys["estimator"]:  # Prop. 4.2 per estimator: its measured value is beta_hat
             add("beta_hat", report.measured, stderr, **keys)
-    for _, report in reports:  # the PAC-Bayes dropout certificate (theory.md section 6), its value even when >= 1
+    for _, report in reports:  # the PAC-Bayes dropout certificate (docs/certificate.md), its value even when >= 1
         if report.evaluable and report.name in _CERTIFICATES:
             add("certificate", report.value, report=report.name)
             if report.name == "pacbayes_dropout_ensemble":

@@ -7,7 +7,7 @@ focus and description); `make_profile` builds its `Profile` (a `analysis.spec.St
 Profiles
 --------
 quick
-    What ``make demo`` runs, within its 15-minute budget on a 2-core CPU (design.md): one seed, 192
+    What ``make demo`` runs, within its 15-minute budget on a 2-core CPU (docs/architecture.md): one seed, 192
     training and 200 test examples, three evaluations per run, five runs (plain LoRA; p = 0.3 at N = 1, 2, 4; p = 0.6 at N = 2), curvature probes (32
     examples, Lanczos to 1e-2) and the PAC-Bayes dropout certificate (data-free prior, posterior_std
     0.01 only, k = 2 draws: forward passes only) on the three runs of the p panel, and
@@ -27,7 +27,7 @@ lm
     loss, scored as two-option multiple choice with the test-time ensemble; plain LoRA against LoRA
     Dropout. Runs on a CPU, slowly (minutes per step); meant for a GPU.
 certify
-    The PAC-Bayes dropout certificate (the toolkit's own, theory.md section 6) over p: every training
+    The PAC-Bayes dropout certificate (the toolkit's own, docs/certificate.md) over p: every training
     and test example of the default data (``n_train`` and ``n_test`` None), a prior trained on the
     first half of the seeded order (``prior_fraction`` 0.5, one epoch at lr 5e-4), the posterior
     continued from it on all examples for one epoch at lr 1e-4; p in {0.1, 0.3, 0.5} at N = 2 and
@@ -54,7 +54,7 @@ from .spec import PostTraining, StudySpec
 
 #: The quick profile's posterior_std grid: one point, since a posterior draw of MiniLM costs a few times a
 #: plain forward pass (per-example noise on every LoRA factor) and the demo has a 15-minute budget. The demo
-#: shows the machinery: a data-free prior at n = 192 certifies little (theory.md section 6 measured 0.67 on
+#: shows the machinery: a data-free prior at n = 192 certifies little (docs/certificate.md measured 0.67 on
 #: the whole data set; the `certify` profile is the one meant to be non-vacuous).
 QUICK_POSTERIOR_STD_GRID = (0.01,)
 
@@ -184,10 +184,10 @@ PRESETS: dict[str, Preset] = {
         lora_dropout={"dropout_rate": 0.3, "n_instances": 2},
         points=({"dropout_rate": 0.0, "n_instances": 1}, {"dropout_rate": 0.3, "n_instances": 2}),
     ),
-    # theory.md section 6, measured feasibility: a prior trained on half the data, the posterior continued
+    # docs/certificate.md, measured feasibility: a prior trained on half the data, the posterior continued
     # from it on all of it at a fifth of the learning rate for one epoch
     "certify": Preset(
-        description=("certify: the PAC-Bayes dropout certificate (the toolkit's own, theory.md section 6) over p; "
+        description=("certify: the PAC-Bayes dropout certificate (the toolkit's own, docs/certificate.md) over p; "
                      "all training examples, a prior trained on half of them, 1 seed (long on a CPU)"),
         focus=Focus(0.3, 2),
         train={"n_train": None, "n_test": None, "epochs": 1, "lr": 5e-4, "prior_fraction": 0.5, "posterior_lr": 1e-4,

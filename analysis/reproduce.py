@@ -106,7 +106,7 @@ def write_report(path: Path, profile: Profile, claims: list[Claim], figures: lis
         *_run_commit_lines(provenance),
         "## Claims",
         "",
-        "Each claim of the paper (theory.md section 5) and of its theory, checked on this study's "
+        "Each claim of the paper (docs/experiments.md) and of its theory, checked on this study's "
         "measurements. At this scale a claim may fail; the numbers say by how much.",
         "",
         f"Verdicts: {VERDICT_RULE}",

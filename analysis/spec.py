@@ -49,7 +49,7 @@ def qualify(key: str) -> str:
 @dataclass(frozen=True, kw_only=True)
 class PostTraining:
     """Work after training: curvature/Lipschitz probes, leave-one-out stability and the PAC-Bayes dropout
-    certificate (theory.md section 6: ``certify_run`` with ``posterior_std_grid``, ``posterior_draws`` and
+    certificate (docs/certificate.md: ``certify_run`` with ``posterior_std_grid``, ``posterior_draws`` and
     ``certify_prior``, None = the trained prior when the run has one, else the data-free init), each written
     into the run; with ``learn_posterior`` also a posterior learned by minimising the certificate over the
     same grid (`lora_dropout.probes.learned`, default `LearnSettings`)."""

@@ -25,7 +25,7 @@ _EXPORTS = {
         "estimate_mean", "lam_needed", "n_needed",
         "lemma43_bound", "per_sample_jensen_gap", "sparsity", "stability_bound", "theorem44_bound",
         "theorem44_gap", "uniform_stability_bound",
-        # the PAC-Bayes dropout certificate (theory.md section 6)
+        # the PAC-Bayes dropout certificate (docs/certificate.md)
         "DropoutKL", "EnsembleCertificate", "GibbsLoss", "PacBayesCertificate", "bernoulli_kl", "certificate",
         "dropout_kl", "ensemble_transfer", "grid_delta", "kl_inv_upper", "monte_carlo_upper",
         "pac_bayes_kl_bound", "pac_bayes_kl_rhs",

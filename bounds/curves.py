@@ -4,7 +4,7 @@
 varied input in one vectorised call, with the other inputs taken from a run directory (as
 :func:`bounds.report.evaluate_run` measures them) or passed explicitly; explicit inputs win.
 
-What theory says the curves do (theory.md section 2): the gap of Theorem 4.4 falls in ``p``, ``lam``
+What theory says the curves do (docs/bounds.md): the gap of Theorem 4.4 falls in ``p``, ``lam``
 and ``n`` and rises as ``delta`` shrinks; where ``D = Lambda_min + 2 lam s <= 0`` the bound is vacuous
 (value ``inf``, with the reason). Measured inputs such as ``eta`` and ``Lambda_min`` stay fixed along a
 curve: a curve over ``p`` is the bound for *this* run's measurements at other rates, not a prediction

@@ -2,7 +2,7 @@
 # # 05 · Sensitivity to the dropout rate p and the number of instances N (the paper's Figure 5)
 #
 # **Claims.** Test accuracy over `p` is an inverted U: some dropout helps, too much hurts. The theory's
-# account (theory.md section 2): the bound's gap term falls in `p` while the training risk `R_hat` rises.
+# account (docs/bounds.md): the bound's gap term falls in `p` while the training risk `R_hat` rises.
 # Test accuracy rises with `N`, the number of dropout instances averaged per step.
 
 # %% tags=["parameters"]

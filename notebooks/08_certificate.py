@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 08 · The PAC-Bayes dropout certificate over p (the toolkit's own, not the paper's)
 #
-# **Claim (theory.md section 6).** LoRA Dropout is itself a distribution over sub-adapters, so a
+# **Claim (docs/certificate.md).** LoRA Dropout is itself a distribution over sub-adapters, so a
 # PAC-Bayes bound certifies its stochastic (Gibbs) predictor directly. Posterior `Q`: LoRA Dropout masks
 # times `N(theta, sigma^2 I)`; prior `P`: the same around `theta_P` (the seeded initialisation, or a
 # prior trained on examples the bound does not use). Since `P` and `Q` share the masks,

@@ -1,4 +1,4 @@
-"""The import rules of design.md section 1 (README "Architecture"), checked on the source.
+"""The import rules of docs/architecture.md (README "Architecture"), checked on the source.
 
 Every ``import``/``from ... import`` in the three packages is read with ``ast`` (including imports inside
 functions: a lazy import is still a dependency), resolved to a project module where it names one, and

@@ -1,4 +1,4 @@
-"""``certify``: the PAC-Bayes dropout certificate of a finished run (the toolkit's own, theory.md section 6).
+"""``certify``: the PAC-Bayes dropout certificate of a finished run (the toolkit's own, docs/certificate.md).
 
 `add_certify(sub)` adds the parser; `cmd_certify(args)` measures, prints and records the certificate, importing
 its heavy dependencies only then.

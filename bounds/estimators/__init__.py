@@ -1,4 +1,4 @@
-"""Measured inputs of the bounds, estimated from a run directory's tables (theory.md section 3).
+"""Measured inputs of the bounds, estimated from a run directory's tables (docs/measurement.md).
 
 Everything here reads tables of the run log (`bounds.runlog`) and returns numbers with their
 provenance (`quantity`: `Quantity`) and, where it is defined, their uncertainty:

@@ -141,7 +141,7 @@ class LossRange:
 
 def choose_loss_range(samples: pd.DataFrame, loss_range: float | None = None,
                       step: int | None = None) -> LossRange:
-    """``C`` given (clipped, rigorous) or observed (heuristic), theory.md section 3.
+    """``C`` given (clipped, rigorous) or observed (heuristic), docs/measurement.md.
 
     Parameters
     ----------

@@ -38,7 +38,7 @@ class Quantity:
     Attributes
     ----------
     name : str
-        Symbol in the code's naming (design.md section 2), e.g. ``r_hat``, ``lipschitz``.
+        Symbol in the code's naming (docs/method.md, "Notation"), e.g. ``r_hat``, ``lipschitz``.
     value : float
     source : str
         Table, selection and step it was read or computed from, or ``"argument"``/``"config"``.

@@ -1,4 +1,4 @@
-"""Train and test risk of a predictor (theory.md section 3): ``R_hat`` and the test-risk estimate of ``R``.
+"""Train and test risk of a predictor (docs/measurement.md): ``R_hat`` and the test-risk estimate of ``R``.
 
 The train split of ``samples.parquet`` is the run's *evaluation* subset of the training set
 (``--eval-train-size``), so ``R_hat`` is itself an estimate of the mean loss over all ``n`` training
@@ -56,7 +56,7 @@ class Risks:
 def estimate_risks(samples: pd.DataFrame, predictor: str = "deterministic", *,
                    loss_range: float | None = None, step: int | None = None,
                    confidence: float = 0.95) -> Risks:
-    """``R_hat`` (train) and the test-risk estimate of ``R`` of one predictor (theory.md section 3).
+    """``R_hat`` (train) and the test-risk estimate of ``R`` of one predictor (docs/measurement.md).
 
     Parameters
     ----------

@@ -5,8 +5,8 @@ gap, Bousquet & Elisseeff's Thm 12, `lam_needed`, `n_needed`), `ensemble` (Theor
 gap, the PAC-Bayes transfer to the ensemble), `estimates` (`Estimate`, `estimate_mean`: the one
 t-interval of the project), `kl` (the Bernoulli KL and its upper inverse), `dropout_kl` (``KL(Q || P)``
 of the dropout posterior), `pacbayes` (the PAC-Bayes-kl bound, the Monte Carlo step and the certificate:
-theory.md section 6, the toolkit's own), with `records` (`BoundValue`) and `arrays` (the argument
-checks) under them. The paper's results are theory.md section 2.
+docs/certificate.md, the toolkit's own), with `records` (`BoundValue`) and `arrays` (the argument
+checks) under them. The paper's results are docs/bounds.md.
 
 Every function takes Python floats or numpy arrays and broadcasts them like numpy. Scalars in give
 scalars out (Python ``float``/``bool``/``str``); any array in gives arrays out. Arguments are checked
@@ -17,7 +17,7 @@ A bound whose denominator ``D = Lambda_min + 2 lam s`` is not positive is *vacuo
 arithmetic only; whether the assumptions of Prop. 4.2 hold (PSD Hessian, stationarity, closeness of
 ``theta(S^i)`` and ``theta(S)``) is measured elsewhere and reported next to the bound.
 
-Names follow design.md section 2: ``p`` is ``dropout_rate``, ``n`` is ``n_train``, ``C`` is
+Names follow docs/method.md, "Notation": ``p`` is ``dropout_rate``, ``n`` is ``n_train``, ``C`` is
 ``loss_range``, ``eta`` is ``lipschitz``, ``Lambda_min`` is ``hessian_min_eig``, ``beta`` is
 ``stability``.
 """

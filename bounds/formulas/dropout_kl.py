@@ -1,4 +1,4 @@
-"""``KL(Q || P)`` of the LoRA Dropout posterior against its prior (theory.md section 6; the toolkit's own).
+"""``KL(Q || P)`` of the LoRA Dropout posterior against its prior (docs/certificate.md; the toolkit's own).
 
 The posterior is the dropout masks times a Gaussian of std ``sigma`` around the trained factors, the
 prior the same around ``theta_P``; the masks discount the adapter's KL by ``1 - p`` (`dropout_kl`).
@@ -47,7 +47,7 @@ class DropoutKL(Record):
 def dropout_kl(
     p: ArrayLike, factor_sq_dist: ArrayLike, head_sq_dist: ArrayLike, posterior_std: ArrayLike
 ) -> DropoutKL:
-    """Upper bound on ``KL(Q || P)`` of the LoRA Dropout posterior (theory.md section 6; toolkit's own).
+    """Upper bound on ``KL(Q || P)`` of the LoRA Dropout posterior (docs/certificate.md; toolkit's own).
 
     Posterior ``Q``: draw LoRA Dropout masks (columns of ``A``, rows of ``B``, each kept with
     probability ``1 - p``), draw ``eps ~ N(0, sigma^2 I)``, use the member with factors ``theta + eps``
@@ -130,7 +130,7 @@ def learned_dropout_kl(
     Posterior ``Q``: LoRA Dropout masks (each entry of ``A`` and ``B`` kept with probability ``1 - p``,
     the head never masked) times ``N(mu_g, sigma_g^2 I)`` on each parameter tensor ``g`` (``n_g`` entries).
     Prior ``P``: the same masks times ``N(theta_P, sigma_P^2 I)``, ``theta_P`` and ``sigma_P`` independent
-    of the bound examples. As for `dropout_kl` (theory.md section 6), joint convexity over the shared
+    of the bound examples. As for `dropout_kl` (docs/certificate.md), joint convexity over the shared
     masks bounds ``KL(Q || P)`` by the expected KL given the masks; a dropped entry is 0 under both, and a
     kept one contributes the Gaussian KL
 

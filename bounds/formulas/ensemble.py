@@ -1,6 +1,6 @@
 """The test-time ensemble (Eq. 8): Theorem 4.5 (Jensen: the ensemble is no worse than its mean member),
-chained with Theorem 4.4, and the PAC-Bayes transfer from the Gibbs member to the ensemble (theory.md
-section 6; the toolkit's own).
+chained with Theorem 4.4, and the PAC-Bayes transfer from the Gibbs member to the ensemble (docs/certificate.md;
+the toolkit's own).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class EnsembleCertificate(Record):
 
 
 def ensemble_transfer(gibbs_linear_certificate: ArrayLike | PacBayesCertificate) -> EnsembleCertificate:
-    """From a certificate on the Gibbs member's LINEAR loss to the test-time ensemble (theory.md sec. 6).
+    """From a certificate on the Gibbs member's LINEAR loss to the test-time ensemble (docs/certificate.md).
 
     Let ``o(x) = (1/N) sum_r prob(x; h_r)`` be the probability-averaging ensemble (Eq. 8) of ``N >= 1``
     members ``h_r`` drawn independently from the certified posterior ``Q`` (masks AND Gaussian

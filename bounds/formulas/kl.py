@@ -1,7 +1,7 @@
 """The Bernoulli KL divergence and its upper inverse, the arithmetic of every PAC-Bayes-kl step.
 
 `bernoulli_kl` keeps its relative accuracy next to ``p = q``; `kl_inv_upper` inverts it by bisection,
-rounded upward, so a certificate built on it is never optimistic (theory.md section 6).
+rounded upward, so a certificate built on it is never optimistic (docs/certificate.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The PAC-Bayes dropout certificate as vectorised pure functions (theory.md section 6).
+"""The PAC-Bayes dropout certificate as vectorised pure functions (docs/certificate.md).
 
 The toolkit's own result, labelled so next to the paper's: LoRA Dropout is itself a distribution over
 sub-adapters, so a PAC-Bayes bound (McAllester 1999; McAllester 2013, "A PAC-Bayesian tutorial with a
@@ -22,7 +22,7 @@ This module holds the bound steps and the certificate; the other pieces are in t
 Every function takes Python floats or numpy arrays and broadcasts them like numpy. Scalars in give
 scalars out (Python ``float``); any array in gives arrays out. A bad argument raises ``ValueError``
 naming it and its (first bad) value. Nothing here certifies the deterministic (unmasked, noiseless)
-model. Names follow design.md section 2: ``p`` is ``dropout_rate``, ``sigma`` is ``posterior_std``,
+model. Names follow docs/method.md, "Notation": ``p`` is ``dropout_rate``, ``sigma`` is ``posterior_std``,
 ``k`` is ``posterior_draws``; ``n_bound`` is ``n_b``, the number of examples the bound is computed on
 (all ``n`` for a data-free prior, ``(1 - alpha) n`` for a data-dependent one).
 """
@@ -193,7 +193,7 @@ def pac_bayes_kl_bound(
     constant: ``E exp(n kl(R_hat || R)) <= xi(n) <= 2 sqrt(n)``, which holds for every ``n >= 1``
     (tested from the exact ``xi(n)``). McAllester (1999) is the original PAC-Bayes theorem; Perez-Ortiz
     et al. (2021) use this form with data-dependent priors, where ``n`` is the number of examples NOT
-    used to build the prior (``n_b`` in theory.md).
+    used to build the prior (``n_b`` in docs/certificate.md).
 
     Parameters
     ----------
@@ -317,7 +317,7 @@ def certificate(
     loss: GibbsLoss | str = GibbsLoss.ZERO_ONE,
     tol: float = DEFAULT_TOL,
 ) -> PacBayesCertificate:
-    """The PAC-Bayes dropout certificate (theory.md section 6; toolkit's own), with every term.
+    """The PAC-Bayes dropout certificate (docs/certificate.md; toolkit's own), with every term.
 
     For each of ``|grid|`` posteriors fixed in advance (e.g. one per ``posterior_std``):
 

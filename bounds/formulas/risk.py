@@ -28,7 +28,7 @@ __all__ = [
 
 
 class Lemma43Form(str, Enum):
-    """Which constant of Bousquet & Elisseeff's Thm 11 Lemma 4.3 uses (theory.md section 4)."""
+    """Which constant of Bousquet & Elisseeff's Thm 11 Lemma 4.3 uses (docs/measurement.md, "Decisions")."""
 
     PRINTED = "printed"  # 12 C n beta, as printed in B&E and in the paper
     CORRECTED = "corrected"  # 6 C n (beta_1 + beta), what the proof supports
@@ -278,7 +278,7 @@ def n_needed(
 
     Examples
     --------
-    The worked example of theory.md (``C = eta = 1``, ``Lambda_min = 0``, ``lam = 1``, ``p = 0.5``,
+    The worked example of docs/bounds.md (``C = eta = 1``, ``Lambda_min = 0``, ``lam = 1``, ``p = 0.5``,
     ``delta = 0.05``): ``D = 1.5``, ``(1 + 24 / 1.5) / (2 * 0.05) = 17 / 0.1``.
 
     >>> round(n_needed(1.0, 1.0, hessian_min_eig=0.0, lam=1.0, p=0.5, delta=0.05), 9)

@@ -2,7 +2,7 @@
 
 Modules: `record` (`BoundReport`, the frozen record of one bound on one run), `builders` (the paper's
 bounds: Prop. 4.2, Lemma 4.3, Thm 4.4, B&E Thm 12, Thm 4.5 with Thm 4.4), `certificate` (the toolkit's
-own PAC-Bayes dropout certificate, theory.md section 6), `learned` (the same certificate for a posterior
+own PAC-Bayes dropout certificate, docs/certificate.md), `learned` (the same certificate for a posterior
 learned by minimising it), `evaluate` (`evaluate_run`: all of them on a
 run directory) and `document` (``bounds.json``: `write_bounds`, `write_certificate_entries`). The inputs
 they use are `bounds.inputs.RunInputs`, their premises `bounds.assumptions`, their options

@@ -1,7 +1,7 @@
-"""The PAC-Bayes dropout certificate of a run, as `BoundReport`s (theory.md section 6; the toolkit's own).
+"""The PAC-Bayes dropout certificate of a run, as `BoundReport`s (docs/certificate.md; the toolkit's own).
 
 Pure arithmetic on ``certificates.parquet`` (written by ``lora-dropout certify RUN_DIR``,
-`lora_dropout.probes.certify`) with `bounds.formulas` (theory.md section 6):
+`lora_dropout.probes.certify`) with `bounds.formulas` (docs/certificate.md):
 
 ==============================  =================================================================
 ``pacbayes_dropout``            the Gibbs member's 0-1 error: the smallest certificate over the
@@ -82,7 +82,7 @@ CERTIFICATE_REPORTS = ("pacbayes_dropout", "pacbayes_dropout_ensemble", "pacbaye
 KL_RTOL = 1e-9
 _GRID_RTOL = 1e-9
 
-_BASIS = ("toolkit's own, theory.md section 6 (not in Lin et al. 2024): PAC-Bayes-kl bound (Seeger 2002; "
+_BASIS = ("toolkit's own, docs/certificate.md (not in Lin et al. 2024): PAC-Bayes-kl bound (Seeger 2002; "
           "Maurer 2004) on the LoRA Dropout posterior (masks x N(theta, sigma^2 I)) against a prior theta_P, KL "
           "discounted by dropout (McAllester 2013), Monte Carlo term (Langford & Caruana 2001), union bound over "
           "the posterior_std grid")

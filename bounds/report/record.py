@@ -1,6 +1,6 @@
 """`BoundReport`: a bound evaluated on a run, next to the measurement it is held against.
 
-A small frozen record (design.md section 3): name, run id, value, the measured quantity it is held
+A small frozen record (docs/architecture.md, "The run directory"): name, run id, value, the measured quantity it is held
 against, its additive terms, its inputs (`bounds.estimators.Quantity`, each with its source), the
 assumptions checked with their measured status (`bounds.assumptions.Assumption`), and the theorem it
 cites; printed (`str`), tidy (`BoundReport.to_frame`) or strict JSON (`BoundReport.to_dict`). Three
@@ -36,7 +36,7 @@ FRAME_COLUMNS = ("report", "run_id", "kind", "name", "value", "stderr", "ci_low"
 
 @dataclass(frozen=True)
 class BoundReport:
-    """A bound evaluated on a run, next to the measurement it is held against (design.md section 3).
+    """A bound evaluated on a run, next to the measurement it is held against (docs/architecture.md, "The run directory").
 
     Attributes
     ----------

@@ -51,7 +51,7 @@ class Split(_Option):
 
 
 class Predictor(_Option):
-    """Predictors whose risk is reported in ``steps.jsonl`` (theory.md section 4: "report all three")."""
+    """Predictors whose risk is reported in ``steps.jsonl`` (docs/measurement.md, "Decisions": "report all three")."""
 
     DETERMINISTIC = "deterministic"
     MEMBER_MEAN = "member_mean"

@@ -44,7 +44,7 @@ META_FIELDS = {
 }
 REQUIRED_META = ("schema_version", "run_id", "status", "config", "started_at")
 
-#: The PAC-Bayes prior of a run (theory.md section 6), written by ``lora-dropout train`` before the
+#: The PAC-Bayes prior of a run (docs/certificate.md), written by ``lora-dropout train`` before the
 #: posterior trains (runs from before it lack the folder). Tensor files are keyed by peft's
 #: ``get_peft_model_state_dict`` names, the keys of ``adapter/adapter_model.safetensors``.
 PRIOR_DIR = "prior"

@@ -1,7 +1,7 @@
 """The LoRA Dropout configuration: what is masked, how many instances, and how evaluation works.
 
-One frozen, validated dataclass. Field names follow design.md section 2; the choices the paper leaves
-open (theory.md section 4) are options here with the paper-faithful value as default.
+One frozen, validated dataclass. Field names follow docs/method.md, "Notation"; the choices the paper leaves
+open (docs/measurement.md, "Decisions") are options here with the paper-faithful value as default.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .validation import check_count_field, check_option
 
 
 class MaskScope(str, Enum):
-    """How often a fresh mask is drawn (theory.md section 4, "mask scope")."""
+    """How often a fresh mask is drawn (docs/measurement.md, "Decisions", "mask scope")."""
 
     EXAMPLE = "example"  # one mask per (example, instance), shared by that example's tokens
     BATCH = "batch"  # one mask per instance, shared by every example of the step

@@ -10,7 +10,7 @@ on which other examples share its batch, on how the ``N`` instances are split ov
 (``max_instances_per_forward``), on the device, or on the process rank under data parallelism. That
 makes the batched and looped objectives (Eq. 7) see identical masks, makes an evaluation
 reproducible from its seed alone, and couples leave-one-out retraining: removing example ``i`` leaves
-the masks of every other example unchanged (theory.md section 3, measured ``beta``).
+the masks of every other example unchanged (docs/measurement.md, measured ``beta``).
 
 The hash is Wellons' "lowbias32" integer finaliser evaluated in int64 with explicit 32-bit masking,
 so it runs unchanged on any torch device. Its output passes the binomial checks in the tests; it is

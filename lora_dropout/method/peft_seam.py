@@ -238,7 +238,7 @@ def adalora_orth_reg(model: torch.nn.Module) -> torch.Tensor | None:
     return weight * total / count
 
 
-# -- posterior sampling (theory.md section 6; used by `lora_dropout.probes.posterior`) ----------------------
+# -- posterior sampling (docs/certificate.md; used by `lora_dropout.probes.posterior`) ----------------------
 
 
 def factor_modules(site: LoraSite) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -253,12 +253,12 @@ def factor_modules(site: LoraSite) -> tuple[torch.nn.Module, torch.nn.Module]:
     ------
     ValueError
         For AdaLoRA sites (their factors are bare parameters with ``Lambda`` between them, and the
-        posterior of theory.md section 6 is defined on LoRA's ``A`` and ``B``) and for ``lora_bias``
+        posterior of docs/certificate.md is defined on LoRA's ``A`` and ``B``) and for ``lora_bias``
         (``B`` then carries a bias, a parameter the posterior does not define).
     """
     if site.kind != "lora":
         raise ValueError(
-            f"posterior sampling (theory.md section 6) perturbs LoRA factors A and B; site {site.name} is "
+            f"posterior sampling (docs/certificate.md) perturbs LoRA factors A and B; site {site.name} is "
             f"{site.kind!r} (AdaLoRA is not supported)"
         )
     lora_a, lora_b = site.layer.lora_A[site.adapter], site.layer.lora_B[site.adapter]

@@ -1,4 +1,4 @@
-"""The measurements of the PAC-Bayes dropout certificate on a finished run (theory.md section 6).
+"""The measurements of the PAC-Bayes dropout certificate on a finished run (docs/certificate.md).
 
 ``lora-dropout certify RUN_DIR`` rebuilds theta(S) from the run directory (`lora_dropout.runs.run.load_run`),
 reads the prior mean from ``RUN_DIR/prior/`` (`bounds.runlog.PRIOR_FILES`) and, for each ``posterior_std``

@@ -2,7 +2,7 @@
 
 Everything here works on a callable ``hvp(v: np.ndarray) -> np.ndarray`` (a symmetric operator ``H``
 of size ``dim``) and knows nothing about models; `lora_dropout.probes.gradients.hessian_hvp` builds such
-callables for a LoRA Dropout model. The quantities serve the stability bound (theory.md sections 2-3):
+callables for a LoRA Dropout model. The quantities serve the stability bound (docs/bounds.md and docs/measurement.md):
 
 - Prop. 4.2 / Thm 4.4 need ``Lambda_min``, the smallest eigenvalue of the Hessian of the mean
   training loss; the bound is defined only when ``Lambda_min + 2 lambda s > 0``. ``Lambda_max`` is
@@ -104,7 +104,7 @@ def lanczos_extremes(
 ) -> dict:
     """Extreme eigenvalues of a symmetric operator by implicitly restarted Lanczos (ARPACK).
 
-    ``Lambda_min`` of Prop. 4.2 (theory.md section 3: "Lanczos on Hessian-vector products ...
+    ``Lambda_min`` of Prop. 4.2 (docs/measurement.md: "Lanczos on Hessian-vector products ...
     eigsh(which="SA"/"LA") on a LinearOperator") and ``Lambda_max``. Both ends come from ONE Krylov
     space (``eigsh(k=2, which="BE")``), so asking for both costs about what one costs.
 
@@ -186,7 +186,7 @@ def conjugate_gradient(
 ) -> tuple[np.ndarray, dict]:
     """Solve ``(H + damping I) x = b`` by conjugate gradients, stopping at negative curvature.
 
-    The influence estimate of ``beta`` (theory.md section 3) needs ``H_lambda^{-1} g_i`` with
+    The influence estimate of ``beta`` (docs/measurement.md) needs ``H_lambda^{-1} g_i`` with
     ``H_lambda = H + 2 lambda s I``; CG converges only where ``H + damping I`` is positive definite. On
     an indefinite operator it stops at the first search direction ``p`` with ``p^T (H + damping I) p <=
     0`` (which proves the operator is not positive definite) instead of iterating on: the measured

@@ -1,4 +1,4 @@
-"""Per-sample gradients, Hessian-vector products and stationarity in a `ParamSpace` (theory.md sections 2-3).
+"""Per-sample gradients, Hessian-vector products and stationarity in a `ParamSpace` (docs/bounds.md and docs/measurement.md).
 
 At ``theta(S)``, in the space and for the hypothesis of `lora_dropout.probes.space`:
 
@@ -129,7 +129,7 @@ def per_sample_grad_norms(
 ) -> np.ndarray:
     """``||grad_theta l_i(theta(S))||`` per training example, ``l_i = loss_i + lam s ||theta - theta0||^2``.
 
-    The Lipschitz constant ``eta`` of Prop. 4.2 is their maximum (theory.md section 3). Computed with
+    The Lipschitz constant ``eta`` of Prop. 4.2 is their maximum (docs/measurement.md). Computed with
     ``torch.func.vmap(torch.func.grad(...))`` over the examples of each padded batch; each example runs
     as a batch of one at its batch's padded length with its padding mask in the first of `MASK_FORMATS`
     whose per-example losses reproduce the ordinary batched forward (a prepared additive mask for BERT

@@ -1,4 +1,4 @@
-"""A PAC-Bayes dropout posterior learned by minimising the certificate (the toolkit's own; theory.md section 6).
+"""A PAC-Bayes dropout posterior learned by minimising the certificate (the toolkit's own; docs/certificate.md).
 
 `lora_dropout.probes.certify` certifies the posterior ``Q = masks x N(theta(S), sigma^2 I)`` at each
 ``sigma`` of a grid. Here the posterior keeps the LoRA Dropout masks but its Gaussian part is learned:

@@ -1,4 +1,4 @@
-"""The ``probes`` table: curvature and Lipschitz probes of a LoRA Dropout model (theory.md sections 2-3).
+"""The ``probes`` table: curvature and Lipschitz probes of a LoRA Dropout model (docs/bounds.md and docs/measurement.md).
 
 The stability bound (Prop. 4.2, Thm 4.4) reads
 

@@ -1,4 +1,4 @@
-"""Counter-based Gaussian noise of the PAC-Bayes posterior (theory.md section 6).
+"""Counter-based Gaussian noise of the PAC-Bayes posterior (docs/certificate.md).
 
 The noise of an entry is a pure function of ``(seed, "posterior", sample_id, draw, parameter name,
 entry)``: a hash (`lora_dropout.method.masks.hash32`, like the masks) turned into a normal by
@@ -85,7 +85,7 @@ def posterior_noise(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The Gaussian part ``eps`` of posterior draws (theory.md section 6), for one parameter.
+    """The Gaussian part ``eps`` of posterior draws (docs/certificate.md), for one parameter.
 
     ``eps[d, b]`` is ``posterior_std`` times standard normals that depend only on
     ``(seed, "posterior", keys[b], first_draw + d, name)``: never on the other keys, their order or

@@ -1,6 +1,6 @@
-"""Posterior sampling for the PAC-Bayes dropout certificate (theory.md section 6; the toolkit's own).
+"""Posterior sampling for the PAC-Bayes dropout certificate (docs/certificate.md; the toolkit's own).
 
-The posterior ``Q`` of theory.md section 6 is LoRA Dropout plus Gaussian noise: a member draws masks
+The posterior ``Q`` of docs/certificate.md is LoRA Dropout plus Gaussian noise: a member draws masks
 (columns of ``A``, rows of ``B``, each kept with probability ``1 - p``) and ``eps ~ N(0, sigma^2 I)``
 on every trained parameter ``theta`` (``A`` and ``B`` of every adapted module and the trained head,
 peft's ``modules_to_save`` copies), and predicts with ``theta + eps`` under those masks:
@@ -71,7 +71,7 @@ def _targets(handle: LoraDropout) -> list[_Target]:
     stray = [n for n, p in handle.model.named_parameters() if p.requires_grad and id(p) not in covered]
     if stray:
         raise ValueError(
-            "the posterior of theory.md section 6 perturbs the LoRA factors and the modules_to_save heads; these "
+            "the posterior of docs/certificate.md perturbs the LoRA factors and the modules_to_save heads; these "
             f"trainable parameters are neither (freeze them or train them as modules_to_save): {stray}"
         )
     return targets
@@ -80,7 +80,7 @@ def _targets(handle: LoraDropout) -> list[_Target]:
 def posterior_parameters(
     model: torch.nn.Module,
 ) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
-    """``theta`` of theory.md section 6: ``(factors, head)``, each ``{qualified name: parameter}``.
+    """``theta`` of docs/certificate.md: ``(factors, head)``, each ``{qualified name: parameter}``.
 
     ``factors`` holds ``A`` and ``B`` of every active LoRA adapter of every adapted module; ``head``
     the parameters of peft's ``modules_to_save`` copies in use (empty when no head is trained).
@@ -284,7 +284,7 @@ def posterior_sampling(
     """Inside the block, a forward pass over the batch tiled ``draws`` times runs posterior draws.
 
     Row ``d * B + b`` of the tiled batch (`lora_dropout.method.objective.tile`) is the member of ``Q``
-    (theory.md section 6) of example ``keys[b]`` under draw ``first_draw + d``: LoRA Dropout masks
+    (docs/certificate.md) of example ``keys[b]`` under draw ``first_draw + d``: LoRA Dropout masks
     from `posterior_masks` and factors and head ``theta + eps`` with ``eps`` from `posterior_noise`.
     The model is in ``eval()`` mode inside the block (restored on exit), so nothing else is random;
     gradients are not disabled.
@@ -331,7 +331,7 @@ def posterior_logits(
     max_draws_per_forward: int | None = None,
     labels_key: str = "labels",
 ) -> torch.Tensor:
-    """Logits of ``draws`` posterior members per example (theory.md section 6, Monte Carlo step).
+    """Logits of ``draws`` posterior members per example (docs/certificate.md, Monte Carlo step).
 
     Every example gets, in every draw, its own LoRA Dropout masks and its own Gaussian perturbation
     ``eps ~ N(0, posterior_std^2 I)`` of every LoRA factor and of the trained head, keyed by
@@ -382,7 +382,7 @@ def posterior_logits_over_grid(
     ``posterior_logits(..., posterior_std=posterior_stds[g])`` exactly.
 
     The draws of one example at different ``posterior_std`` share their masks and standard normals ``z``
-    (``eps = posterior_std * z``, theory.md section 6); each is still a valid Monte Carlo draw of its own
+    (``eps = posterior_std * z``, docs/certificate.md); each is still a valid Monte Carlo draw of its own
     posterior (the certificate's union bound over the grid needs no independence across it). The masks and
     ``z`` are computed once per chunk of draws instead of once per grid point.
 

@@ -1,4 +1,4 @@
-"""The squared distances of the posterior mean to the prior mean that enter ``KL(Q || P)`` (theory.md section 6).
+"""The squared distances of the posterior mean to the prior mean that enter ``KL(Q || P)`` (docs/certificate.md).
 
 ``theta`` is what `lora_dropout.probes.posterior.posterior_parameters` names (the LoRA factors and the
 trained head); `prior_tensors` finds its prior tensor by either name form, `per_tensor_sq_dist` holds it against a prior state tensor by tensor (what
@@ -20,7 +20,7 @@ from .posterior import posterior_parameters
 
 
 class SqDist(NamedTuple):
-    """The squared distances of theory.md section 6's ``KL(Q || P)``.
+    """The squared distances of docs/certificate.md's ``KL(Q || P)``.
 
     Attributes
     ----------
@@ -36,7 +36,7 @@ class SqDist(NamedTuple):
 
 @torch.no_grad()
 def factor_and_head_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> SqDist:
-    """``(||A - A_P||^2 + ||B - B_P||^2, ||head - head_P||^2)`` for ``KL(Q || P)`` (theory.md section 6).
+    """``(||A - A_P||^2 + ||B - B_P||^2, ||head - head_P||^2)`` for ``KL(Q || P)`` (docs/certificate.md).
 
     Pass the result to `bounds.formulas.dropout_kl` as ``factor_sq_dist`` and ``head_sq_dist``.
 

@@ -15,7 +15,7 @@ in ``factors`` space (AdaLoRA: ``lora_B`` times ``c``), with ``theta0`` unchange
 is ``lambda s sum_k ||c dW_k||^2``. Both equal the unmasked probes of a copy of the model whose
 ``B`` factors were multiplied by ``c``.
 
-Parameter spaces (theory.md section 4, "Hessian space"). ``theta`` is restricted to the ADAPTED
+Parameter spaces (docs/measurement.md, "Decisions", "Hessian space"). ``theta`` is restricted to the ADAPTED
 parameters, the LoRA sites; the classification head and the base model stay fixed at their current
 values. The reason: the sparsity view of LoRA Dropout puts the regulariser ``lambda s ||theta -
 theta0||^2`` on the entries of the merged ``dW`` only (masks drop ``dW`` entries, never head weights),

@@ -7,7 +7,7 @@ over a random subset ``I`` of ``k`` training indices. Three estimators of ``thet
 ``retrain``
     Train from scratch without example ``i``, with everything else coupled: the same initialisation,
     the same per-epoch data order with ``i`` skipped, the same masks for every other example
-    (masks are keyed by sample id, `lora_dropout.method.masks`). The estimate theory.md asks for; costs one
+    (masks are keyed by sample id, `lora_dropout.method.masks`). The estimate docs/measurement.md describes; costs one
     training run per index.
 ``warm_start``
     From ``theta(S)``, train ``warm_epochs`` more epochs twice on the continued streams: once on ``S``

@@ -83,7 +83,7 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping; none = off"})
     prior_fraction: float = field(default=0.0, metadata={
-        "help": "PAC-Bayes prior (theory.md section 6): share alpha of the training examples, the first "
+        "help": "PAC-Bayes prior (docs/certificate.md): share alpha of the training examples, the first "
                 "floor(alpha n) of the seeded prior order, that a prior mean is first trained on (epochs, lr); "
                 "the posterior is then trained from it on all n. 0 (default) = the data-free prior, the seeded "
                 "initialisation"})

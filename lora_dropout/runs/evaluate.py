@@ -1,6 +1,6 @@
 """Evaluation of the three predictors on a split, and the per-sample loss matrix behind it.
 
-Predictors (theory.md section 4, "report all three"):
+Predictors (docs/measurement.md, "Decisions", "report all three"):
 
 - ``deterministic``: one pass with ``dW`` scaled to its training mean (``expected``; ``full`` when
   ``eval_mode="full"``);

@@ -1,4 +1,4 @@
-"""Realised sparsity of the training masks, per adapted module (theory.md section 3, ``s``).
+"""Realised sparsity of the training masks, per adapted module (docs/measurement.md, ``s``).
 
 At an evaluation step the masks that the training stream gives a set of training examples in the
 current epoch are drawn again (they are a pure function of seed, epoch, sample id and instance, see

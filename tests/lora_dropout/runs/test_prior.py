@@ -1,4 +1,4 @@
-"""Training with a PAC-Bayes prior (theory.md section 6, "Priors"): the ``prior/`` files of a run, the prior
+"""Training with a PAC-Bayes prior (docs/certificate.md, "Priors"): the ``prior/`` files of a run, the prior
 phase on the first examples of the seeded prior order, and the posterior phase trained from the prior."""
 
 import json
