@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command line writes figures to files; no screen is needed or opened
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args)

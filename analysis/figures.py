@@ -7,6 +7,7 @@ the plotted table itself, so every number in a figure can be traced and checked.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,33 @@ def study_figures(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> li
             .notna().any().any()]
 
 
+class FigureAxesWarning(UserWarning):
+    """A saved figure has an axis a reader cannot read: no label, or no labelled tick."""
+
+
+def unreadable_axes(figure) -> list[str]:
+    """The axes of a drawn matplotlib figure without an axis label, or without a non-empty tick label inside the
+    axis's view (a log axis whose decades fall outside the data's range shows no number at all)."""
+    figure.canvas.draw()
+    problems = []
+    for ax in figure.axes:
+        for name, axis, label, limits in (("x", ax.xaxis, ax.get_xlabel(), ax.get_xlim()),
+                                          ("y", ax.yaxis, ax.get_ylabel(), ax.get_ylim())):
+            low, high = sorted(limits)
+            shown = [t for t, loc in zip(axis.get_ticklabels(), axis.get_majorticklocs(), strict=False)
+                     if t.get_visible() and t.get_text().strip() and low <= loc <= high]
+            if not label.strip():
+                problems.append(f"{ax.get_title() or 'axes'}: the {name} axis has no label")
+            if not shown:
+                problems.append(f"{ax.get_title() or 'axes'}: the {name} axis has no tick labels")
+    return problems
+
+
 def save_figures(figures: list[Figure], out_dir: str | Path, provenance: dict) -> list[Path]:
-    """Draw and save every figure (PNG, PDF, JSON sidecar); returns the PNG paths."""
+    """Draw and save every figure (PNG, PDF, JSON sidecar); returns the PNG paths.
+
+    A figure with an unreadable axis (`unreadable_axes`) is still saved, with a `FigureAxesWarning`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -96,11 +122,14 @@ def save_figures(figures: list[Figure], out_dir: str | Path, provenance: dict) -
         fig.draw(fig.table, ax=ax, **fig.kwargs)
         ax.set_title(fig.title, fontsize=9)
         figure.tight_layout()
+        for problem in unreadable_axes(figure):
+            warnings.warn(f"{fig.name}: {problem}", FigureAxesWarning, stacklevel=2)
         png = out_dir / f"{fig.name}.png"
         figure.savefig(png, dpi=150)
         figure.savefig(out_dir / f"{fig.name}.pdf")
         plt.close(figure)
         write_json(out_dir / f"{fig.name}.json", {**provenance, "figure": fig.name, "title": fig.title,
+                                                  "draw": f"analysis.plots.{fig.draw.__name__}", "kwargs": fig.kwargs,
                                                   "table": fig.table.to_dict(orient="records")})
         paths.append(png)
     return paths

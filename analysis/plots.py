@@ -7,13 +7,12 @@ listed in its docstring.
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are files; no screen needed
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+# No backend is chosen here: a notebook draws inline, and the command line picks a file backend itself
+# (analysis.cli.main), so importing the plots never changes how figures are shown.
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import ScalarFormatter, SymmetricalLogLocator
 
 PALETTE = plt.get_cmap("tab10")
 
@@ -78,6 +77,7 @@ def plot_ablation(table: pd.DataFrame, ax=None):
     ax.bar(pos, table["mean"], yerr=err, color=[PALETTE(k) for k in range(len(table))], capsize=3)
     ax.set_xticks(pos, table["variant"])
     ax.set_ylabel("test accuracy")
+    ax.set_xlabel("where the LoRA Dropout masks are on (training, test, both, neither)")
     low = float(np.nanmin(table["low"]))
     ax.set_ylim(max(0.0, low - 0.05), min(1.0, float(np.nanmax(table["high"])) + 0.03))
     return ax
@@ -136,7 +136,10 @@ def plot_bound_vs_p(table: pd.DataFrame, ax=None):
         ax.axvspan(p - half, p + half, color="grey", alpha=0.25,
                    label=None if shaded else "vacuous: Lambda_min + 2 lam s <= 0")
         shaded = True
-    ax.set_yscale("symlog", linthresh=0.01)
+    if len(ok):  # a finite bound can be orders of magnitude above the gap: a log axis with labelled 1-2-5 ticks
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=0.01, base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("dropout rate p")
     ax.set_ylabel("risk gap")
     ax.legend(frameon=False, fontsize=8)
@@ -177,6 +180,7 @@ def plot_stability(table: pd.DataFrame, ax=None):
                    label="Prop. 4.2 vacuous", clip_on=False)
     ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
     ax.set_ylabel("pointwise stability")
+    ax.set_xlabel("run")
     ax.legend(frameon=False, fontsize=7, loc="lower center")  # the estimators sit left and right of centre
     return ax
 

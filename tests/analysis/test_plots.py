@@ -114,3 +114,27 @@ def test_reliability_ece_and_sparsity():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="plot_bound_vs_p needs column"):
         plots.plot_bound_vs_p(pd.DataFrame({"p": [0.1]}))
+
+
+@pytest.mark.parametrize("bound_gap", [[math.inf] * 4, [math.inf, 30.0, 4.0, 0.9]])
+def test_bound_vs_p_numbers_its_axes_whatever_the_range(bound_gap):
+    # the full profile's measured gaps (0.12 to 0.81) with every bound vacuous, and with finite bounds far above
+    from analysis.figures import unreadable_axes
+
+    table = pd.DataFrame({"p": [0.0, 0.1, 0.3, 0.5], "gap_mean": [0.46, 0.47, 0.54, 0.21],
+                          "gap_low": [0.12, 0.33, 0.38, 0.12], "gap_high": [0.81, 0.61, 0.69, 0.30],
+                          "bound_gap": bound_gap, "vacuous": [not math.isfinite(b) for b in bound_gap]})
+    ax = plots.plot_bound_vs_p(table)
+    assert unreadable_axes(ax.figure) == []
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_visible() and t.get_text()]
+    assert len(labels) >= 2, labels
+
+
+def test_unreadable_axes_names_an_axis_without_tick_labels_or_label():
+    from analysis.figures import unreadable_axes
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0.2, 0.3])
+    ax.set_xlabel("p")
+    ax.set_yticks([])
+    assert unreadable_axes(fig) == ["axes: the y axis has no label", "axes: the y axis has no tick labels"]

@@ -79,6 +79,7 @@ def test_ray_executor_gives_the_same_table_as_local(tiny, tmp_path):
     np.testing.assert_allclose(merged.loc[finite, "value_ray"], merged.loc[finite, "value_local"], rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("error::analysis.figures.FigureAxesWarning")  # every axis labelled and numbered
 def test_reproduce_tiny_profile_writes_every_figure_and_the_report(tiny, tmp_path):
     profile = profile_with(make_profile("quick"), **tiny)
     # eta on a subset of the 32 training examples, as the quick profile does on its 192
