@@ -33,7 +33,7 @@ certify
     continued from it on all examples for one epoch at lr 1e-4; p in {0.1, 0.3, 0.5} at N = 2 and
     plain LoRA as p = 0 (N = 1: at p = 0 the N instances are identical; no 1 - p discount); every run certified
     against the trained prior on the examples it did not see, with the default posterior_std grid and k = 4
-    draws, and a posterior learned by minimising the certificate (one epoch) certified beside it. One seed (``--seeds`` for more). Long on a CPU (an hour
+    draws, and a posterior learned by minimising the certificate (one epoch) certified beside it. One seed (``--n-seeds`` for more). Long on a CPU (an hour
     or more); minutes on a GPU.
 paper
     The GPU configuration: a larger model (``--model``, e.g. ``microsoft/deberta-v3-base``), GLUE-sized

@@ -157,7 +157,7 @@ def reproduce(profile: str | Profile, out: str | Path, *, executor: str = "local
     coll.save(out / "collected")
     git = git_info()
     command = f"lora-dropout reproduce --profile {prof.name} --out {out}"
-    for flag, value in (("--figures-dir", figures_dir), ("--model", model), ("--data", data), ("--seeds", seeds)):
+    for flag, value in (("--figures-dir", figures_dir), ("--model", model), ("--data", data), ("--n-seeds", seeds)):
         if value is not None:
             command += f" {flag} {value}"
     provenance = {

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
-from .common import friendly, positive_int, quiet_libraries
+from .common import friendly, guarded, positive_int, quiet_libraries
 
 
 def _format_certificates(table, reports) -> str:
@@ -61,14 +60,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
               "(--force measures it again, and counts as one more certificate tried on the run)")
         table = pd.read_parquet(path)
     else:
-        try:
-            table = certify_run(args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws,
-                                delta=args.delta, delta_mc=args.delta_mc, prior=args.prior,
-                                assume_iid_rows=args.assume_iid_rows, batch_size=args.batch_size, seed=args.seed,
-                                device=args.device, progress=not args.quiet).table
-        except KeyboardInterrupt:
-            print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
-            return 130
+        result = guarded(lambda: certify_run(
+            args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
+            delta_mc=args.delta_mc, prior=args.prior, assume_iid_rows=args.assume_iid_rows, batch_size=args.batch_size,
+            seed=args.seed, device=args.device, progress=not args.quiet), "nothing was written (the run is unchanged)")
+        if isinstance(result, int):
+            return result
+        table = result.table
     reports = certificate_reports(args.run_dir, posterior_std_grid=grid)
     row = table.iloc[0]
     tried = int({q.name: q.value for q in reports[0].inputs}["certificates_tried"])
@@ -84,12 +82,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
                        if path.with_name(TABLES["certificates_iid_rows"].filename).is_file() else []),
                args.run_dir / CERTIFY_LOG]
     if args.learn_posterior:
-        try:
-            written += _learn(args, grid, str(row.prior))
-        except KeyboardInterrupt:
-            print("\ninterrupted: the grid certificate was written; the learned posterior was not",
-                  file=sys.stderr)
-            return 130
+        learned = guarded(lambda: _learn(args, grid, str(row.prior)),
+                          "the grid certificate was written; the learned posterior was not")
+        if isinstance(learned, int):
+            return learned
+        written += learned
         # the learned posterior is one more certificate tried: every report is recomputed with the new split
         reports = [*certificate_reports(args.run_dir, posterior_std_grid=grid),
                    *learned_certificate_reports(args.run_dir, prior_std_grid=grid)]

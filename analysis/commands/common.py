@@ -60,8 +60,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+#: Exit codes: a value the command cannot accept (a bad option, a path that is not there) is a usage error, as
+#: argparse's own (2); a failure while running (a missing package, a runtime error) is 1.
+EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
+
+
 def friendly(command):
-    """Bad input ends with one line naming what was wrong (exit 2), not a traceback; set
+    """Bad input or a failure ends with one line naming what was wrong, not a traceback: exit 2 for a value the
+    command cannot accept (ValueError, FileNotFoundError), 1 for a failure while running; set
     LORA_DROPOUT_DEBUG=1 to see the traceback."""
 
     def run(args: argparse.Namespace) -> int:
@@ -71,7 +77,7 @@ def friendly(command):
             if os.environ.get("LORA_DROPOUT_DEBUG"):
                 raise
             print(f"lora-dropout {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT if isinstance(exc, (ValueError, FileNotFoundError)) else EXIT_FAILED
 
     return run
 
@@ -84,14 +90,17 @@ def _terminate(signum, frame):
     raise Terminated(signal.Signals(signum).name)
 
 
-def guarded(fn):
-    """Run ``fn``; on Ctrl-C or SIGTERM say where the (failed, readable) run is and exit 128 + signal."""
+INTERRUPTED_RUN = "the run is marked failed (interrupted); everything written so far is readable"
+
+
+def guarded(fn, interrupted: str = INTERRUPTED_RUN):
+    """Run ``fn``; on Ctrl-C or SIGTERM print ``interrupted`` (what was kept) and return 128 + the signal (130,
+    143), the one interrupt handler of every command."""
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn()
     except KeyboardInterrupt as exc:
-        print("\ninterrupted: the run is marked failed (interrupted); everything written so far is readable",
-              file=sys.stderr)
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -65,12 +65,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lora_dropout.runs.evaluate_file import evaluate_file
 
     quiet_libraries()
-    try:
-        result = evaluate_file(args.run_dir, args.data, text_column=args.text_column, label_column=args.label_column,
-                               name=args.name, device=args.device, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written (the run is unchanged)", file=sys.stderr)
-        return 130
+    result = guarded(lambda: evaluate_file(args.run_dir, args.data, text_column=args.text_column,
+                                           label_column=args.label_column, name=args.name, device=args.device,
+                                           overwrite=args.overwrite),
+                     "nothing was written (the run is unchanged)")
+    if isinstance(result, int):
+        return result
     print(f"evaluation: {result.out_dir} ({result.meta['source']['n']} examples, step {result.meta['step']})")
     print(format_final({f"{result.meta['name']}/{p}": m for p, m in result.meta["final"].items()}))
     return 0

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..presets import PROFILES
-from .common import friendly, guarded, quiet_libraries, run_config_flags, run_config_from_args
+from .common import friendly, guarded, positive_int, quiet_libraries, run_config_flags, run_config_from_args
 
 
 def _grid_value(text: str):
@@ -118,9 +118,13 @@ def add_collect(sub) -> None:
     coll = sub.add_parser("collect", help="collect a study's runs and bounds into tidy parquet tables")
     coll.add_argument("study_dir", type=Path)
     coll.add_argument("--out", type=Path, help="output directory (default: STUDY_DIR/collected)")
-    coll.add_argument("--delta", type=float, default=0.05)
-    coll.add_argument("--lam", type=float, default=1.0)
-    coll.add_argument("--loss-range", type=float, default=None)
+    coll.add_argument("--delta", type=float, default=0.05,
+                      help="failure probability of the paper's bounds evaluated on each run (default: 0.05)")
+    coll.add_argument("--lam", type=float, default=1.0,
+                      help="regularisation strength lambda of the bounds (docs/bounds.md; default: 1.0)")
+    coll.add_argument("--loss-range", type=float, default=None,
+                      help="loss range C: clip the loss at C (rigorous); default: the observed range of per-sample "
+                           "losses (heuristic, labelled so)")
     coll.set_defaults(func=friendly(cmd_collect))
 
 
@@ -134,6 +138,7 @@ def add_reproduce(sub) -> None:
     rep.add_argument("--address", help="Ray cluster address")
     rep.add_argument("--model", help="model name or path (paper profile: e.g. microsoft/deberta-v3-base)")
     rep.add_argument("--data", help="data (paper profile: e.g. hf:<GLUE task saved with save_to_disk>)")
-    rep.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
+    rep.add_argument("--n-seeds", type=positive_int, dest="seeds", metavar="N",
+                     help="run seeds 0 .. N-1 (default: the profile's; sweep's --seeds lists the seeds themselves)")
     rep.add_argument("--figures-dir", type=Path, help="where figures go (default: OUT/figures)")
     rep.set_defaults(func=friendly(cmd_reproduce))

@@ -32,7 +32,7 @@ SIZE_CAPS = {"n_train": 500, "n_test": 1000, "eval_train_size": 500}
 class AdapterConfig:
     """The peft adapter LoRA Dropout is applied to (``method="lora"`` or ``"adalora"``)."""
 
-    method: str = field(default="lora", metadata={"help": "lora or adalora"})
+    method: Literal["lora", "adalora"] = field(default="lora", metadata={"help": "lora or adalora"})
     r: int = field(default=8, metadata={"help": "LoRA rank (AdaLoRA: initial rank)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling alpha / r)"})
     target_modules: tuple[str, ...] | None = field(
@@ -59,7 +59,7 @@ class AdapterConfig:
 class TrainConfig:
     """Everything about a run that is not the adapter or LoRA Dropout itself."""
 
-    task: str = field(default="classification", metadata={
+    task: Literal["classification", "instruction"] = field(default="classification", metadata={
         "help": "classification, or instruction: a causal LM tuned on instruction-formatted examples of the data "
                 "(response-only loss) and scored on them as multiple choice"})
     model: str | None = field(default=None, metadata={"help": "transformers model name or path (default: the "
@@ -105,7 +105,8 @@ class TrainConfig:
                                                             "evaluation; 0 = never"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and masks"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
-    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (GPU)"})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
+        "help": "float32, or bfloat16 / float16 (GPU)"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):

@@ -254,7 +254,7 @@ def test_cli_bad_inputs_end_with_one_line(tiny_run, tmp_path, capsys):
     write_prior(no_trained, trained=False)
     cases.append((["certify", str(no_trained), "--prior", "trained"], "no trained prior"))
     for argv, message in cases:
-        assert main([*argv, "--quiet"]) == 2, argv
+        assert main([*argv, "--quiet"]) == 2, argv  # bad input: argparse's usage code
         err = capsys.readouterr().err.strip()
         assert err.startswith("lora-dropout certify: ") and message in err and "\n" not in err, err
 
