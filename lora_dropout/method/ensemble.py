@@ -10,6 +10,7 @@ reproducible from the config alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,14 @@ def aggregate(member_logits: torch.Tensor, average: EnsembleAverage | str) -> to
     if EnsembleAverage(average) == EnsembleAverage.PROBS:
         return member_logits.float().softmax(dim=-1).mean(dim=0)
     return member_logits.float().mean(dim=0).softmax(dim=-1)
+
+
+def aggregate_log_probs(member_logits: torch.Tensor, average: EnsembleAverage | str) -> torch.Tensor:
+    """``log o(x)`` of Eq. 8 computed in log space (``logsumexp`` of the members' log-probabilities for
+    ``average="probs"``), ``(N, B, C)`` -> ``(B, C)``: the ensemble's cross-entropy without underflow."""
+    if EnsembleAverage(average) == EnsembleAverage.PROBS:
+        return torch.logsumexp(member_logits.log_softmax(-1), dim=0) - math.log(member_logits.shape[0])
+    return member_logits.mean(dim=0).log_softmax(-1)
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ derived from those logits.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..method.apply import LoraDropout
-from ..method.config import EnsembleAverage, EvalMode
+from ..method.config import EvalMode
+from ..method.ensemble import aggregate_log_probs
 from ..tasks.base import EvalSplit, Task, task_for
 from .metrics import reliability, summarize
 
@@ -47,11 +47,8 @@ class SplitLogits:
         return F.cross_entropy(self.member_logits.reshape(-1, c), labels, reduction="none").view(n_members, n)
 
     def ensemble_log_probs(self) -> torch.Tensor:
-        """``log o(x)`` of Eq. 8 in log space, ``(n, C)``."""
-        if self.average == EnsembleAverage.PROBS.value:
-            n_members = self.member_logits.shape[0]
-            return torch.logsumexp(self.member_logits.log_softmax(-1), dim=0) - math.log(n_members)
-        return self.member_logits.mean(dim=0).log_softmax(-1)
+        """``log o(x)`` of Eq. 8 in log space, ``(n, C)`` (`lora_dropout.method.ensemble.aggregate_log_probs`)."""
+        return aggregate_log_probs(self.member_logits, self.average)
 
 
 @torch.no_grad()
