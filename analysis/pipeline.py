@@ -87,7 +87,7 @@ def certificate_settings(run_dir: Path, post: PostTraining) -> CertificateSettin
 
 def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
     """Bring ``study_dir / point.run_id`` to completion and return it."""
-    from lora_dropout.probes.certify import certify_run
+    from lora_dropout.certify.measure import certify_run
     from lora_dropout.probes.on_run import probe_run
     from lora_dropout.runs.run import train_run
 
@@ -107,7 +107,7 @@ def run_point(study_dir: Path, point: Point, *, progress: bool = False) -> Path:
         certify_run(run_dir, posterior_std_grid=post.posterior_std_grid, posterior_draws=post.posterior_draws,
                     prior=post.certify_prior, progress=progress)
     if post.learn_posterior and not learned_current(run_dir, post):
-        from lora_dropout.probes.learned import certify_learned, learn_posterior
+        from lora_dropout.certify.learned import certify_learned, learn_posterior
 
         prior = pd.read_parquet(run_dir / TABLES["certificates"].filename, columns=["prior"])["prior"].iloc[0]
         learn_posterior(run_dir, prior_std_grid=post.posterior_std_grid, prior=str(prior), progress=progress)

@@ -52,7 +52,7 @@ class PostTraining:
     certificate (docs/certificate.md: ``certify_run`` with ``posterior_std_grid``, ``posterior_draws`` and
     ``certify_prior``, None = the trained prior when the run has one, else the data-free init), each written
     into the run; with ``learn_posterior`` also a posterior learned by minimising the certificate over the
-    same grid (`lora_dropout.probes.learned`, default `LearnSettings`)."""
+    same grid (`lora_dropout.certify.learned`, default `LearnSettings`)."""
 
     curvature: bool = False
     stability_k: int = 0

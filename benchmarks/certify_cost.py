@@ -3,7 +3,7 @@
 On the embedded default (MiniLM, Rotten Tomatoes), ``--n-train`` training and test examples (default 32,
 so that the default run takes about 3 minutes on 2 CPU cores; both costs grow linearly in the examples, so
 the ratios hardly depend on it), batch 32, LoRA Dropout at p = 0.3, N = 2, one epoch; then
-`lora_dropout.probes.certify.certify_run` on that run with the default ``posterior_std`` grid and ``k = --draws``
+`lora_dropout.certify.measure.certify_run` on that run with the default ``posterior_std`` grid and ``k = --draws``
 posterior draws per example. Prints counts and ratios (machines are noisy; nothing here is a pass/fail
 timing):
 
@@ -14,10 +14,10 @@ timing):
 (b) ``certify_run`` over one training epoch of the same run (`lora_dropout.runs.train.fit` on a freshly built
     model, timed just before and just after certify; the mean is the denominator): the whole command
     (rebuilding the run, parquet) and the posterior sampling alone, on the certified split and on both;
-(c) per draw batch: `lora_dropout.probes.posterior.posterior_logits` (``k`` draws, per-example Gaussian
+(c) per draw batch: `lora_dropout.certify.posterior.posterior_logits` (``k`` draws, per-example Gaussian
     perturbation) over `lora_dropout.method.ensemble.predict` with ``k`` members, on the same batch, alternated in
     rounds (ratio of medians): what the per-example perturbation (noise and per-row matmuls) costs; and
-    `lora_dropout.probes.posterior.posterior_logits_over_grid` (what certify calls: masks and noise drawn once for
+    `lora_dropout.certify.posterior.posterior_logits_over_grid` (what certify calls: masks and noise drawn once for
     the grid) over one `posterior_logits` call per grid point.
 
     python benchmarks/certify_cost.py [--n-train 32] [--draws 4] [--prior-fraction 0.5] [--json out.json]
@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 
-import lora_dropout.probes.certify as certify_mod
+import lora_dropout.certify.measure as certify_mod
 from bounds.runlog import DEFAULT_POSTERIOR_STD_GRID
+from lora_dropout.certify.posterior import posterior_logits, posterior_logits_over_grid
 from lora_dropout.method.ensemble import predict
 from lora_dropout.method.objective import instance_chunks
-from lora_dropout.probes.posterior import posterior_logits, posterior_logits_over_grid
 from lora_dropout.runs.config import RunConfig
 from lora_dropout.runs.run import train_run
 from lora_dropout.runs.train import build_model, fit, prepare, steps_per_epoch

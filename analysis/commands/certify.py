@@ -44,7 +44,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     )
     from bounds.runlog import CERTIFY_LOG, DEFAULT_POSTERIOR_STD_GRID, TABLES
     from bounds.settings import CertificateSettings
-    from lora_dropout.probes.certify import certify_run
+    from lora_dropout.certify.measure import certify_run
 
     from ..pipeline import certificates_match
 
@@ -101,7 +101,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 def _learn(args: argparse.Namespace, grid: tuple[float, ...], prior: str) -> list[Path]:
     """Learn the posterior's mean and per-tensor stds by minimising the bound, then certify it."""
-    from lora_dropout.probes.learned import LearnSettings, certify_learned, learn_posterior
+    from lora_dropout.certify.learned import LearnSettings, certify_learned, learn_posterior
 
     settings = LearnSettings(epochs=args.learn_epochs, lr=args.learn_lr, std_lr=args.learn_std_lr,
                              batch_size=args.batch_size, surrogate=args.learn_surrogate)

@@ -3,7 +3,7 @@
 The posterior is the dropout masks times a Gaussian of std ``sigma`` around the trained factors, the
 prior the same around ``theta_P``; the masks discount the adapter's KL by ``1 - p`` (`dropout_kl`).
 `learned_dropout_kl` is the same bound for a posterior whose mean and per-tensor stds were learned
-(`lora_dropout.probes.learned`), against a prior of one std fixed in advance.
+(`lora_dropout.certify.learned`), against a prior of one std fixed in advance.
 """
 
 from __future__ import annotations

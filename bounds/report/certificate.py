@@ -1,7 +1,7 @@
 """The PAC-Bayes dropout certificate of a run, as `BoundReport`s (docs/certificate.md; the toolkit's own).
 
 Pure arithmetic on ``certificates.parquet`` (written by ``lora-dropout certify RUN_DIR``,
-`lora_dropout.probes.certify`) with `bounds.formulas` (docs/certificate.md):
+`lora_dropout.certify.measure`) with `bounds.formulas` (docs/certificate.md):
 
 ==============================  =================================================================
 ``pacbayes_dropout``            the Gibbs member's 0-1 error: the smallest certificate over the

@@ -1,7 +1,7 @@
 """The PAC-Bayes dropout certificate of a learned posterior, as a `BoundReport` (the toolkit's own).
 
 Pure arithmetic on ``learned_certificates.parquet`` and ``posterior/learned.json`` (written by
-``lora-dropout certify RUN_DIR --learn-posterior``, `lora_dropout.probes.learned`): the posterior keeps the
+``lora-dropout certify RUN_DIR --learn-posterior``, `lora_dropout.certify.learned`): the posterior keeps the
 LoRA Dropout masks and has a learned mean and one std per tensor; the prior is the run's prior at each
 ``prior_std`` of a grid fixed in advance. Per grid point (`learned_certificate_table`): ``KL(Q || P)``
 recomputed with `bounds.formulas.learned_dropout_kl` from learned.json's tensors, the Monte Carlo upper value

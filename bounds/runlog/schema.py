@@ -67,7 +67,7 @@ PRIOR_FILES = {
 }
 
 #: A posterior learned by minimising the certificate (``lora-dropout certify --learn-posterior``,
-#: `lora_dropout.probes.learned`); tensor names are those of the prior files.
+#: `lora_dropout.certify.learned`); tensor names are those of the prior files.
 LEARNED_DIR = "posterior"
 LEARNED_FILES = {
     "learned.safetensors": "the learned posterior mean mu of every perturbed tensor (LoRA factors and head)",
@@ -124,7 +124,7 @@ _RISK = (
 _CERTIFICATE_COLUMNS = (
     C("posterior_std", "float", "sigma > 0: std of the Gaussian part of posterior and prior"),
     C("p", "float", "dropout_rate of the run (each entry of A and B kept with probability 1 - p)"),
-    C("level", "str", "group or row: the unit the bound counts as one example (lora_dropout.probes.units)"),
+    C("level", "str", "group or row: the unit the bound counts as one example (lora_dropout.certify.units)"),
     C("premise", "str", "what the level assumes (groups i.i.d., or rows i.i.d.; docs/certificate.md)"),
     C("n_bound", "int", "n_b: certified units (groups, or rows) the empirical risks are computed on: the "
                         "training rows the prior left certifiable (all for the data-free init prior), "

@@ -26,7 +26,7 @@ import torch
 
 _M32 = 0xFFFFFFFF
 # Stream tags keep the training, evaluation and certificate mask streams disjoint for the same seed. The
-# certificate's masks (lora_dropout.probes.posterior) are never drawn while training, whose evaluations use
+# certificate's masks (lora_dropout.certify.posterior) are never drawn while training, whose evaluations use
 # EVAL_STREAM.
 TRAIN_STREAM = 0x7A11
 EVAL_STREAM = 0xE7A1

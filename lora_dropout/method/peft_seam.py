@@ -238,7 +238,7 @@ def adalora_orth_reg(model: torch.nn.Module) -> torch.Tensor | None:
     return weight * total / count
 
 
-# -- posterior sampling (docs/certificate.md; used by `lora_dropout.probes.posterior`) ----------------------
+# -- posterior sampling (docs/certificate.md; used by `lora_dropout.certify.posterior`) ----------------------
 
 
 def factor_modules(site: LoraSite) -> tuple[torch.nn.Module, torch.nn.Module]:

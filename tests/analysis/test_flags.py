@@ -55,7 +55,7 @@ def test_errors_end_with_one_line_and_their_exit_code(error, code, capsys):
 @pytest.mark.parametrize(("interrupt", "code"), [(KeyboardInterrupt(), 130), ("sigterm", 143)])
 def test_an_interrupted_certify_says_what_was_kept_and_exits_with_the_signal(interrupt, code, monkeypatch, capsys,
                                                                              tmp_path):
-    import lora_dropout.probes.certify as certify_mod
+    import lora_dropout.certify.measure as certify_mod
     from analysis.cli import main
     from analysis.commands.common import Terminated
 

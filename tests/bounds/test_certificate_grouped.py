@@ -8,7 +8,7 @@ and checks, as a frequency over ``M`` independent data sets, that
 - the row-level certificate with a prior split by rows fails against the risk on new groups in (almost)
   every trial: the premise it breaks is what the toolkit's group split exists for;
 - the group-level certificate (prior on whole groups, one example per certified group, its loss the
-  group's mean loss, ``n_b`` = certified groups, `lora_dropout.probes.units`) holds at its level,
+  group's mean loss, ``n_b`` = certified groups, `lora_dropout.certify.units`) holds at its level,
   ``delta + delta'``, for the 0-1 loss and for the linear loss ``1 - prob_y``.
 
 The world. ``G`` groups of ``R`` rows; group ``g`` has a hidden sign ``s_g = +-1`` (fair coin) and its

@@ -16,13 +16,13 @@ a batched matmul in the LoRA branch (forward hooks add ``h @ eps_A[row]^T`` to `
 
 Everything is counter-based, like the masks (`lora_dropout.method.masks`): the noise of an entry is a pure
 function of ``(seed, "posterior", sample_id, draw, parameter name, entry)`` (a hash turned into a
-normal by Box-Muller, `lora_dropout.probes.noise`), and the masks are example-scope LoRA Dropout masks
+normal by Box-Muller, `lora_dropout.certify.noise`), and the masks are example-scope LoRA Dropout masks
 keyed by ``(sample_id, draw)`` on the certificate's own stream (`lora_dropout.method.masks.CERTIFY_STREAM`,
 never used in training or its evaluations). A draw therefore does not depend on the batch it is computed in
 (composition, order, size), on how the draws are chunked, or on the device; at ``posterior_std = 0`` a draw
 is a LoRA Dropout member under those masks.
 
-`lora_dropout.probes.prior_distance.factor_and_head_sq_dist` returns the two squared distances that
+`lora_dropout.certify.prior_distance.factor_and_head_sq_dist` returns the two squared distances that
 enter ``KL(Q || P)`` (`bounds.formulas.dropout_kl`).
 """
 
@@ -238,7 +238,7 @@ def perturbed(model: torch.nn.Module, shared: SharedDraws, sigma: Std) -> Iterat
 
     ``sigma`` is one std for every perturbed parameter, or a std per parameter name (`posterior_parameters`'
     names; floats or 0-d tensors, which may require grad: ``eps = sigma * z`` is differentiable in both
-    ``sigma`` and the parameters, which is how `lora_dropout.probes.learned` learns them).
+    ``sigma`` and the parameters, which is how `lora_dropout.certify.learned` learns them).
     """
     inner = unwrap(model)
     handle = get_lora_dropout(inner)

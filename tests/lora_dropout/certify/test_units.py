@@ -1,10 +1,10 @@
-"""The certification units (`lora_dropout.probes.units`) against pandas' groupby and by hand."""
+"""The certification units (`lora_dropout.certify.units`) against pandas' groupby and by hand."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lora_dropout.probes.units import PREMISES, group_units, has_groups, row_units, unit_mean
+from lora_dropout.certify.units import PREMISES, group_units, has_groups, row_units, unit_mean
 
 
 def test_unit_mean_is_the_mean_of_group_means():

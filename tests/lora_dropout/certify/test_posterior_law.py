@@ -22,9 +22,9 @@ from peft import get_peft_model_state_dict
 
 from bounds.formulas import dropout_kl
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout
+from lora_dropout.certify.posterior import posterior_masks
+from lora_dropout.certify.prior_distance import factor_and_head_sq_dist
 from lora_dropout.method.peft_seam import adapter_file_names
-from lora_dropout.probes.posterior import posterior_masks
-from lora_dropout.probes.prior_distance import factor_and_head_sq_dist
 from tests.tiny import tiny_lora
 
 KEYS, DRAWS, SIGMA = 250, 8, 0.05

@@ -13,15 +13,15 @@ from peft import get_peft_model_state_dict
 from scipy import stats
 
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout, get_lora_dropout
-from lora_dropout.probes.noise import posterior_noise, standard_normal
-from lora_dropout.probes.posterior import (
+from lora_dropout.certify.noise import posterior_noise, standard_normal
+from lora_dropout.certify.posterior import (
     posterior_logits,
     posterior_logits_over_grid,
     posterior_masks,
     posterior_parameters,
     posterior_sampling,
 )
-from lora_dropout.probes.prior_distance import factor_and_head_sq_dist
+from lora_dropout.certify.prior_distance import factor_and_head_sq_dist
 from tests.tiny import tiny_adalora, tiny_batch, tiny_lora
 
 SIDS = [10, 3, 7, 42]
@@ -188,7 +188,7 @@ def test_draws_do_not_depend_on_batch_order_size_or_chunking():
 
 
 def test_a_grid_of_stds_equals_one_call_per_std_and_draws_the_noise_once_per_chunk(monkeypatch):
-    import lora_dropout.probes.noise as noise_mod
+    import lora_dropout.certify.noise as noise_mod
 
     model, batch = _model(), _batch()
     grid = (0.0, 0.05, 0.2)

@@ -3,7 +3,7 @@
 The noise of an entry is a pure function of ``(seed, "posterior", sample_id, draw, parameter name,
 entry)``: a hash (`lora_dropout.method.masks.hash32`, like the masks) turned into a normal by
 Box-Muller. A draw therefore depends neither on the batch it is computed in nor on the device;
-`lora_dropout.probes.posterior` adds it to the parameters of every posterior member.
+`lora_dropout.certify.posterior` adds it to the parameters of every posterior member.
 """
 
 from __future__ import annotations

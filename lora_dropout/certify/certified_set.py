@@ -106,7 +106,7 @@ def certified_ids(prior: str, record: dict | None, train_ids: Sequence[int],
 
 def certificate_levels(kind: str, record: dict | None, groups: Mapping[int, str] | None, *,
                        assume_iid_rows: bool) -> list[str]:
-    """The levels a run is certified at, the headline first (`lora_dropout.probes.units`).
+    """The levels a run is certified at, the headline first (`lora_dropout.certify.units`).
 
     Data without groups: ``["row"]``. Grouped data: ``["group"]``, and ``"row"`` after it when rows are declared
     i.i.d.; a trained prior that took rows instead of whole groups (runs of earlier versions) leaves no group

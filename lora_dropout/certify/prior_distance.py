@@ -1,6 +1,6 @@
 """The squared distances of the posterior mean to the prior mean that enter ``KL(Q || P)`` (docs/certificate.md).
 
-``theta`` is what `lora_dropout.probes.posterior.posterior_parameters` names (the LoRA factors and the
+``theta`` is what `lora_dropout.certify.posterior.posterior_parameters` names (the LoRA factors and the
 trained head); `prior_tensors` finds its prior tensor by either name form, `per_tensor_sq_dist` holds it against a prior state tensor by tensor (what
 `bounds.formulas.learned_dropout_kl` takes), and `factor_and_head_sq_dist` returns the two sums that
 `bounds.formulas.dropout_kl` takes.

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from bounds.formulas import learned_dropout_kl, pac_bayes_kl_bound
 from bounds.runlog import read_learned_record, validate_run
 from lora_dropout import LoraDropoutConfig, apply_lora_dropout
-from lora_dropout.probes.learned import (
+from lora_dropout.certify.learned import (
     LEARN_FIRST_DRAW,
     LearnSettings,
     bounded_cross_entropy,
@@ -26,9 +26,9 @@ from lora_dropout.probes.learned import (
     quad_bound,
     surrogate_loss,
 )
-from lora_dropout.probes.posterior import posterior_logits, posterior_parameters
+from lora_dropout.certify.posterior import posterior_logits, posterior_parameters
 from lora_dropout.runs.run import load_run
-from tests.lora_dropout.probes.test_certify import tiny_run, write_prior  # noqa: F401 (the module fixture)
+from tests.lora_dropout.certify.test_certify import tiny_run, write_prior  # noqa: F401 (the module fixture)
 from tests.tiny import tiny_batch, tiny_lora
 
 GRID = (0.02, 0.2)
@@ -78,7 +78,7 @@ def test_the_surrogates_by_hand():
 
 
 def test_gradient_through_the_perturbed_forward_matches_finite_differences():
-    from lora_dropout.probes.posterior import perturbed, shared_draws
+    from lora_dropout.certify.posterior import perturbed, shared_draws
 
     model = tiny_lora().double()
     apply_lora_dropout(model, LoraDropoutConfig(dropout_rate=0.3, seed=3))

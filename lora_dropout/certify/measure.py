@@ -5,9 +5,9 @@ reads the prior mean from ``RUN_DIR/prior/`` (`bounds.runlog.PRIOR_FILES`) and, 
 of a grid fixed in advance, measures what the certificate needs:
 
 - the squared distances ``||A - A_P||^2 + ||B - B_P||^2`` and ``||head - head_P||^2`` to the prior
-  (`lora_dropout.probes.prior_distance.factor_and_head_sq_dist`) and the KL bound they give;
+  (`lora_dropout.certify.prior_distance.factor_and_head_sq_dist`) and the KL bound they give;
 - the Monte Carlo estimate of the empirical Gibbs 0-1 risk and linear risk (``1 - prob_y``) on the
-  certified training examples: ``k`` posterior draws per example (`lora_dropout.probes.posterior.posterior_logits`:
+  certified training examples: ``k`` posterior draws per example (`lora_dropout.certify.posterior.posterior_logits`:
   fresh masks and fresh Gaussian noise per example and draw, so the ``n_b k`` losses are independent given
   the data);
 - the same two risks on the test split: the measured test Gibbs error of the same posterior, which the
@@ -17,7 +17,7 @@ It writes ``certificates.parquet`` (one row per ``posterior_std``, columns docum
 `bounds.runlog.TABLES`); the certificate itself is pure arithmetic on that table, done on the theory side
 (`bounds.report.certificate`). Cost: ``grid size x k`` posterior draws of every certified and every test
 example, recorded in the ``passes`` column; the masks and Gaussian noise of a batch are drawn once for the whole
-grid (`lora_dropout.probes.posterior.posterior_logits_over_grid`).
+grid (`lora_dropout.certify.posterior.posterior_logits_over_grid`).
 
 Which examples are certified: with the data-free ``init`` prior (the seeded initialisation, which saw no
 example) all ``n`` training examples; with the ``trained`` prior only prior/prior.json's
@@ -177,7 +177,7 @@ def certify_run(
 ) -> CertifyResult:
     """Measure the PAC-Bayes dropout certificate's inputs on ``run_dir`` and write ``certificates.parquet``.
 
-    The certificate is stated at the level at which the data are independent (`lora_dropout.probes.units`):
+    The certificate is stated at the level at which the data are independent (`lora_dropout.certify.units`):
     per group when the training split has groups, per row otherwise. With ``assume_iid_rows`` on grouped
     data, the rows are declared i.i.d. and a row-level table, ``certificates_iid_rows.parquet``, is written
     from the same draws beside the group-level one. Every call is appended to ``certify_log.jsonl``

@@ -13,8 +13,8 @@ import pytest
 from bounds.formulas import certificate
 from bounds.report import certificate_reports
 from bounds.runlog import read_certify_log, validate_run
-from lora_dropout.probes.certify import certify_run
-from lora_dropout.probes.posterior import posterior_logits
+from lora_dropout.certify.measure import certify_run
+from lora_dropout.certify.posterior import posterior_logits
 from lora_dropout.runs.config import RunConfig
 from lora_dropout.runs.run import load_run, train_run
 from tests.tiny import save_tiny_classifier, write_tiny_csv

@@ -1,6 +1,6 @@
 """A PAC-Bayes dropout posterior learned by minimising the certificate (the toolkit's own; docs/certificate.md).
 
-`lora_dropout.probes.certify` certifies the posterior ``Q = masks x N(theta(S), sigma^2 I)`` at each
+`lora_dropout.certify.measure` certifies the posterior ``Q = masks x N(theta(S), sigma^2 I)`` at each
 ``sigma`` of a grid. Here the posterior keeps the LoRA Dropout masks but its Gaussian part is learned:
 a mean ``mu`` (the LoRA factors and the head, starting at ``theta(S)``) and one std ``sigma_g`` per
 tensor ``g`` (each ``lora_A``/``lora_B`` of every adapted module, each head tensor). The prior stays
@@ -53,7 +53,7 @@ from ..method.validation import check_count
 from ..runs.run import load_run
 from ..runs.writer import write_table
 from .certified_set import certification_units, certified_ids, check_fingerprints, group_of, resolve_prior
-from .certify import (
+from .measure import (
     DEFAULT_DELTA,
     DEFAULT_DELTA_MC,
     DEFAULT_POSTERIOR_DRAWS,

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from bounds.formulas import dropout_kl
 from bounds.runlog import read_meta, validate_run
-from lora_dropout.probes.certify import certify_run
+from lora_dropout.certify.measure import certify_run
 from lora_dropout.runs.config import RunConfig
 from lora_dropout.runs.run import load_run, train_run
 from lora_dropout.runs.train import build_model, prepare, steps_per_epoch
@@ -55,7 +55,7 @@ def write_prior(run_dir, *, init=True, trained=True, record=True, prior_ids=None
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A run on data without groups (the certificate at row level; tests/lora_dropout/probes/test_levels.py has
+    """A run on data without groups (the certificate at row level; tests/lora_dropout/certify/test_levels.py has
     the group level)."""
     root = tmp_path_factory.mktemp("certify")
     config = RunConfig().replace(
@@ -82,10 +82,10 @@ def _copy(run_dir, tmp_path, name="run"):
 
 def _loop(model, data, positions, sigma):
     """Reference: one example at a time, every draw separately, each member an explicit copy of the model with the
-    noise added to every trainable parameter (tests/lora_dropout/probes/test_posterior.py), so a parameter the
+    noise added to every trainable parameter (tests/lora_dropout/certify/test_posterior.py), so a parameter the
     batched sampling left unperturbed changes the certificate's risks."""
     from lora_dropout import get_lora_dropout
-    from tests.lora_dropout.probes.test_posterior import _explicit_member
+    from tests.lora_dropout.certify.test_posterior import _explicit_member
 
     seed = get_lora_dropout(model).config.seed
     errors, linear, count = 0.0, 0.0, 0
