@@ -42,54 +42,57 @@ def cmd_certify(args: argparse.Namespace) -> int:
         learned_certificate_reports,
         write_certificate_entries,
     )
-    from bounds.runlog import CERTIFY_LOG, DEFAULT_POSTERIOR_STD_GRID, TABLES
+    from bounds.runlog import (
+        CERTIFY_LOG,
+        DEFAULT_POSTERIOR_STD_GRID,
+        LEARNED_DIR,
+        TABLES,
+        read_learned_record,
+    )
     from bounds.settings import CertificateSettings
-    from lora_dropout.certify.measure import certify_run
+    from lora_dropout.certify.learned import LearnSettings
 
-    from ..pipeline import certificates_match
+    from ..pipeline import certify_and_learn
 
     quiet_libraries()
     grid = tuple(args.posterior_std_grid or DEFAULT_POSTERIOR_STD_GRID)
     wanted = CertificateSettings(posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
                                  delta_mc=args.delta_mc, prior=args.prior, seed=args.seed)
+    learn = (LearnSettings(epochs=args.learn_epochs, lr=args.learn_lr, std_lr=args.learn_std_lr,
+                           batch_size=args.batch_size, surrogate=args.learn_surrogate) if args.learn_posterior else None)
+    outcome = guarded(lambda: certify_and_learn(args.run_dir, wanted, assume_iid_rows=args.assume_iid_rows, learn=learn,
+                                                batch_size=args.batch_size, device=args.device, force=args.force,
+                                                progress=not args.quiet),
+                      "every table finished before it was kept (certify_log.jsonl lists them); the rest was not "
+                      "written")
+    if isinstance(outcome, int):
+        return outcome
+    measured, learned = outcome
     path = args.run_dir / TABLES["certificates"].filename
-    rows_level = (args.run_dir / TABLES["certificates_iid_rows"].filename).is_file()
-    if not args.force and certificates_match(args.run_dir, wanted) and rows_level == args.assume_iid_rows:
-        # the draws are a function of (seed, sample id, draw): measuring again would give the same table
+    if not measured:
         print(f"{path} already holds this grid, k, delta, delta_mc, prior, seed and level: not measured again "
               "(--force measures it again, and counts as one more certificate tried on the run)")
-        table = pd.read_parquet(path)
-    else:
-        result = guarded(lambda: certify_run(
-            args.run_dir, posterior_std_grid=grid, posterior_draws=args.posterior_draws, delta=args.delta,
-            delta_mc=args.delta_mc, prior=args.prior, assume_iid_rows=args.assume_iid_rows, batch_size=args.batch_size,
-            seed=args.seed, device=args.device, progress=not args.quiet), "nothing was written (the run is unchanged)")
-        if isinstance(result, int):
-            return result
-        table = result.table
+    table = pd.read_parquet(path)
     reports = certificate_reports(args.run_dir, posterior_std_grid=grid)
     row = table.iloc[0]
-    tried = int({q.name: q.value for q in reports[0].inputs}["certificates_tried"])
+    d = {q.name: q.value for q in reports[0].inputs}
     print(f"certify {reports[0].run_id}: prior={row.prior}, level {row.level} ({row.premise}), n_b={int(row.n_bound)} "
           f"{'groups' if row.level == 'group' else 'rows'} ({int(row.n_bound_rows)} rows), k={int(row.draws)}, "
           f"n_test={int(row.n_test)}, delta={row.delta:g} + delta_mc={row.delta_mc:g} over {len(grid)} "
-          f"posterior_std and {tried} certificate(s) tried on the run, {int(row.passes)} passes (grid x k) over "
-          "the certified and test splits")
-    d = {q.name: q.value for q in reports[0].inputs}
+          f"posterior_std and {int(d['certificates_tried'])} certificate(s) tried on the run, {int(row.passes)} "
+          "passes (grid x k) over the certified and test splits")
     print(_format_certificates(certificate_table(table, delta=d["delta"], delta_mc=d["delta_mc"]), reports))
     settings = dataclasses.replace(wanted, prior=str(row.prior), seed=int(row.seed))
-    written = [path, *([path.with_name(TABLES["certificates_iid_rows"].filename)]
-                       if path.with_name(TABLES["certificates_iid_rows"].filename).is_file() else []),
-               args.run_dir / CERTIFY_LOG]
+    rows = path.with_name(TABLES["certificates_iid_rows"].filename)
+    written = [path, *([rows] if rows.is_file() else []), args.run_dir / CERTIFY_LOG]
     if args.learn_posterior:
-        learned = guarded(lambda: _learn(args, grid, str(row.prior)),
-                          "the grid certificate was written; the learned posterior was not")
-        if isinstance(learned, int):
-            return learned
-        written += learned
-        # the learned posterior is one more certificate tried: every report is recomputed with the new split
-        reports = [*certificate_reports(args.run_dir, posterior_std_grid=grid),
-                   *learned_certificate_reports(args.run_dir, prior_std_grid=grid)]
+        if learned:
+            record = read_learned_record(args.run_dir)
+            print(f"learned posterior: bound objective per epoch {[round(v, 4) for v in record['objective']]}")
+        else:
+            print("the learned posterior is current (same grid, draws and prior): not learned again")
+        written += [args.run_dir / LEARNED_DIR, args.run_dir / TABLES["learned_certificates"].filename]
+        reports += learned_certificate_reports(args.run_dir, prior_std_grid=grid)
         best = reports[-1]
         sp = {q.name: q.value for q in best.inputs}["prior_std"]
         print(f"best {best.name} [{best.status}]: {best.value:.4f} at prior_std={sp:g}; measured "
@@ -97,20 +100,6 @@ def cmd_certify(args: argparse.Namespace) -> int:
     target = write_certificate_entries(args.run_dir, reports, settings)
     print("\n".join(f"wrote {path}" for path in [*written, target]))
     return 0
-
-
-def _learn(args: argparse.Namespace, grid: tuple[float, ...], prior: str) -> list[Path]:
-    """Learn the posterior's mean and per-tensor stds by minimising the bound, then certify it."""
-    from lora_dropout.certify.learned import LearnSettings, certify_learned, learn_posterior
-
-    settings = LearnSettings(epochs=args.learn_epochs, lr=args.learn_lr, std_lr=args.learn_std_lr,
-                             batch_size=args.batch_size, surrogate=args.learn_surrogate)
-    learned = learn_posterior(args.run_dir, prior_std_grid=grid, settings=settings, delta=args.delta, prior=prior,
-                              device=args.device, progress=not args.quiet)
-    print(f"learned posterior: bound objective per epoch {[round(v, 4) for v in learned.record['objective']]}")
-    certify_learned(args.run_dir, posterior_draws=args.posterior_draws, delta_mc=args.delta_mc,
-                    batch_size=args.batch_size, device=args.device, progress=not args.quiet)
-    return [learned.directory, args.run_dir / "learned_certificates.parquet"]
 
 
 def add_certify(sub) -> None:

@@ -205,6 +205,14 @@ def test_cli_learns_certifies_and_records_the_report_with_its_audit(tiny_run, tm
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "best pacbayes_dropout_learned" in out and "learned_certificates.parquet" in out
+    # the same call again measures and learns nothing: no certificate is added to the union bound
+    from bounds.runlog import read_certify_log
+
+    assert [e["kind"] for e in read_certify_log(run)] == ["grid", "learned"]
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "not measured again" in again and "not learned again" in again
+    assert len(read_certify_log(run)) == 2
     stored = {r["name"]: r for r in json.loads((run / "bounds.json").read_text())["reports"]}
     assert {"pacbayes_dropout", "pacbayes_dropout_ensemble", "pacbayes_dropout_learned"} <= set(stored)
     audit = {a["name"]: a["holds"] for a in stored["pacbayes_dropout_learned"]["assumptions"]}
