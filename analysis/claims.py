@@ -18,6 +18,7 @@ from bounds.formulas import VACUOUS_TOL, is_vacuous
 from .collect import Collection
 from .presets import Focus
 from .summary import select, value
+from .tables import p_panel
 from .verdicts import Claim, Verdict, by_seed, decide, describe, over_seeds, paired, t_interval
 
 
@@ -43,8 +44,7 @@ def inverted_u_over_p(summary: pd.DataFrame, focus: Focus) -> Claim:
     """Held when the best interior ``p`` beats both ends (paired intervals exclude 0); did not hold when
     an end beats it (interval excludes 0); inconclusive otherwise."""
     statement = "test accuracy over p is an inverted U (best at an interior p)"
-    sel = summary[(summary["method"] == "lora") & ((summary["n_instances"] == focus.n_instances) |
-                                                   ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1)))]
+    sel = p_panel(summary, focus.n_instances)
     curves = by_seed(sel, "dropout_rate", "test_accuracy_ensemble")
     ps = list(curves)
     if len(ps) < 3:
@@ -295,12 +295,6 @@ def sparsity_matches(summary: pd.DataFrame) -> Claim:
 CERTIFICATE_REPORT = "pacbayes_dropout"
 
 
-def _p_panel(summary: pd.DataFrame, focus: Focus) -> pd.DataFrame:
-    """LoRA runs at ``N = focus.n_instances``, with plain LoRA (p = 0, N = 1) as their p = 0 point."""
-    return summary[(summary["method"] == "lora") & ((summary["n_instances"] == focus.n_instances) |
-                                                    ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1)))]
-
-
 def certificate_non_vacuous(summary: pd.DataFrame, focus: Focus) -> Claim:
     """The toolkit's own PAC-Bayes dropout certificate (docs/certificate.md) is below 1 at the focus.
 
@@ -350,7 +344,7 @@ def certificate_selects_p(summary: pd.DataFrame, focus: Focus) -> Claim:
     """
     name = "certificate_selects_p"
     statement = "the p that minimises the PAC-Bayes certificate minimises the test Gibbs error (toolkit's own)"
-    panel = _p_panel(summary, focus)
+    panel = p_panel(summary, focus.n_instances)
     certs = by_seed(panel, "dropout_rate", "certificate", CERTIFICATE_REPORT)
     errors = by_seed(panel, "dropout_rate", "measured", CERTIFICATE_REPORT)
     ps = [p for p in certs if p in errors]

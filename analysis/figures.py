@@ -40,18 +40,17 @@ def study_figures(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> li
     lora = {"method": "lora"}
     summary = coll.summary[coll.summary["method"] == "lora"] if len(coll.summary) else coll.summary
     # the p panel: LoRA Dropout at N = n, with plain LoRA as its p = 0 point
-    p_panel = summary[(summary["n_instances"] == n) | ((summary["dropout_rate"] == 0) &
-                                                      (summary["n_instances"] == 1))]
+    panel = tables.p_panel(summary, n)
     accuracy = {"ensemble": "test_accuracy_ensemble", "deterministic": "test_accuracy_deterministic",
                 "unmasked (full)": "test_accuracy_full"}
     risk = {"ensemble": "test_risk_ensemble", "unmasked (full)": "test_risk_full"}
     series = {"LoRA": {**plain, **lora}, f"LoRA Dropout p={p:g}, N={n}": {**main, **lora}}
     figures = [
         Figure("fig5_accuracy_over_p", f"Test accuracy over p (N = {n}; Fig. 5)",
-               tables.metric_over(p_panel, "dropout_rate", accuracy), plots.plot_metric_over,
+               tables.metric_over(panel, "dropout_rate", accuracy), plots.plot_metric_over,
                {"x": "dropout_rate", "ylabel": "test accuracy"}),
         Figure("fig5_risk_over_p", f"Test risk over p (N = {n})",
-               tables.metric_over(p_panel, "dropout_rate", risk), plots.plot_metric_over,
+               tables.metric_over(panel, "dropout_rate", risk), plots.plot_metric_over,
                {"x": "dropout_rate", "ylabel": "test cross-entropy"}),
         Figure("fig5_accuracy_over_n", f"Test accuracy over N (p = {p:g}; Fig. 5)",
                tables.metric_over(summary, "n_instances", accuracy, where={"dropout_rate": p}),
@@ -65,7 +64,7 @@ def study_figures(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> li
         Figure("fig3_reliability", "Reliability diagram, final step (Fig. 3, Table 4)",
                tables.reliability(coll.reliability, where_each=series), plots.plot_reliability, {}),
         Figure("bound_vs_p", f"Measured gap vs Theorem 4.4 (N = {n})",
-               tables.bound_vs_p(p_panel), plots.plot_bound_vs_p, {}),
+               tables.bound_vs_p(panel), plots.plot_bound_vs_p, {}),
         Figure("stability_beta", "Measured beta_hat vs Prop. 4.2",
                tables.stability(coll.summary, coll.runs), plots.plot_stability, {}),
         Figure("compression_risk", f"Ensemble vs mean member risk (p = {p:g}, N = {n}; Thm 4.5)",
@@ -77,7 +76,7 @@ def study_figures(coll: Collection, drop_test: pd.DataFrame, focus: Focus) -> li
     ]
     # the toolkit's own PAC-Bayes dropout certificate: only where the study certified runs (over N: >= 2 N)
     figures.append(Figure("certificate_vs_p", f"PAC-Bayes dropout certificate over p (N = {n}; toolkit's own)",
-                          tables.certificate_over(p_panel, "dropout_rate"), plots.plot_certificate_vs_p,
+                          tables.certificate_over(panel, "dropout_rate"), plots.plot_certificate_vs_p,
                           {"x": "dropout_rate"}))
     over_n = tables.certificate_over(summary, "n_instances", where={"dropout_rate": p})
     if len(over_n) >= 2:

@@ -36,6 +36,14 @@ def _where(frame: pd.DataFrame, where: Mapping[str, object] | None) -> pd.DataFr
     return frame
 
 
+def p_panel(summary: pd.DataFrame, n_instances: int) -> pd.DataFrame:
+    """The p panel of a study: LoRA runs at ``N = n_instances``, with plain LoRA (``p = 0, N = 1``) as their
+    ``p = 0`` point (AdaLoRA runs are left out; the paper's Figure 5 is of LoRA)."""
+    lora = summary["method"] == "lora" if "method" in summary else True
+    return summary[lora & ((summary["n_instances"] == n_instances) |
+                           ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1)))]
+
+
 def metric_over(summary: pd.DataFrame, x: str, series: Mapping[str, str], *,
                 where: Mapping[str, object] | None = None) -> pd.DataFrame:
     """Seed bands of summary quantities over config column ``x``.

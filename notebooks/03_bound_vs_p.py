@@ -26,8 +26,7 @@ from bounds.formulas import sparsity
 
 study = scales.load_study(scale)
 summary = study.collection.summary
-panel = tables.bound_vs_p(summary[(summary["n_instances"] == study.focus.n_instances) |
-                                  ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1))])
+panel = tables.bound_vs_p(tables.p_panel(summary, study.focus.n_instances))
 ax = plots.plot_bound_vs_p(panel)
 figures_dir.mkdir(parents=True, exist_ok=True)
 ax.figure.savefig(figures_dir / "03_bound_vs_p.png", dpi=120)

@@ -22,8 +22,7 @@ from analysis.verdicts import Verdict
 study = scales.load_study(scale)
 summary = study.collection.summary
 focus = study.focus
-panel = summary[(summary["n_instances"] == focus.n_instances) |
-                ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1))]
+panel = tables.p_panel(summary, focus.n_instances)
 over_p = tables.metric_over(panel, "dropout_rate", {"ensemble": "test_accuracy_ensemble",
                                                     "training risk (full)": "train_risk_full"})
 over_n = tables.metric_over(summary, "n_instances", {"ensemble": "test_accuracy_ensemble"},

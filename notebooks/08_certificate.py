@@ -33,8 +33,7 @@ from analysis.verdicts import Verdict
 
 study = scales.load_study(scale)
 summary, focus = study.collection.summary, study.focus
-panel = summary[(summary["method"] == "lora") & ((summary["n_instances"] == focus.n_instances) |
-                                                 ((summary["dropout_rate"] == 0) & (summary["n_instances"] == 1)))]
+panel = tables.p_panel(summary, focus.n_instances)
 table = tables.certificate_over(panel, "dropout_rate")
 ax = plots.plot_certificate_vs_p(table)
 figures_dir.mkdir(parents=True, exist_ok=True)
