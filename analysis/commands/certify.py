@@ -82,6 +82,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
           f"posterior_std and {int(d['certificates_tried'])} certificate(s) tried on the run, {int(row.passes)} "
           "passes (grid x k) over the certified and test splits")
     print(_format_certificates(certificate_table(table, delta=d["delta"], delta_mc=d["delta_mc"]), reports))
+    for report in reports:  # the hold-out baseline beside each Gibbs certificate
+        diag = {q.name: q.value for q in report.diagnostics}
+        if "holdout_bound" in diag:
+            print(f"  hold-out baseline ({report.name}): the prior's own Gibbs error {diag['holdout_gibbs_error']:.4f} "
+                  f"on the certified units -> test-set bound {diag['holdout_bound']:.4f} (measured on test "
+                  f"{diag['holdout_test_gibbs_error']:.4f}); certificate / hold-out = "
+                  f"{diag['certificate_over_holdout']:.3f}")
     settings = dataclasses.replace(wanted, prior=str(row.prior), seed=int(row.seed))
     rows = path.with_name(TABLES["certificates_iid_rows"].filename)
     written = [path, *([rows] if rows.is_file() else []), args.run_dir / CERTIFY_LOG]

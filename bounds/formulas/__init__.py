@@ -31,6 +31,7 @@ from .ensemble import (
     per_sample_jensen_gap,
 )
 from .estimates import Estimate, estimate_mean
+from .holdout import holdout_bound
 from .kl import DEFAULT_TOL, bernoulli_kl, kl_inv_upper
 from .pacbayes import (
     VACUOUS_TOL,
@@ -74,6 +75,7 @@ __all__ = [
     "estimate_jensen_gap",
     "estimate_mean",
     "grid_delta",
+    "holdout_bound",
     "is_vacuous",
     "kl_inv_upper",
     "learned_dropout_kl",

@@ -43,6 +43,7 @@ A certificate ``>= 1`` (within `bounds.formulas.VACUOUS_TOL`) says nothing and i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +52,7 @@ import pandas as pd
 
 from ..assumptions import Assumption
 from ..estimators import Quantity
-from ..formulas import certificate, dropout_kl, ensemble_transfer, is_vacuous
+from ..formulas import certificate, dropout_kl, ensemble_transfer, holdout_bound, is_vacuous
 from ..runlog import (
     DEFAULT_POSTERIOR_STD_GRID,
     TABLES,
@@ -276,6 +277,16 @@ def _reports(log: RunLog, frame: pd.DataFrame, record: dict | None, tried: int, 
         return [Quantity(f"{label}[{s:g}]", float(v), f"certificate_table at posterior_std={s:g}")
                 for s, v in zip(table["posterior_std"], table[column], strict=True)]
 
+    # the hold-out baseline at the same level and confidence (bounds.formulas.holdout_bound)
+    prior_error, prior_test = float(row["holdout_gibbs_error"].iloc[0]), float(row["holdout_test_gibbs_error"].iloc[0])
+    holdout = float(holdout_bound(prior_error, n_bound, d + dmc))
+    baseline = [
+        Quantity("holdout_gibbs_error", prior_error, f"{src} holdout_gibbs_error: the prior's own Gibbs member on "
+                 f"the {n_bound} certified {units}"),
+        Quantity("holdout_bound", holdout, "kl_inv_upper(holdout_gibbs_error, ln(1 / (delta + delta_mc)) / n_b): "
+                 "the test-set bound of training on the prior's share and holding the rest out"),
+        Quantity("holdout_test_gibbs_error", prior_test, f"{src}: the prior's Gibbs member on the test {units}")]
+
     reports = []
     # the Gibbs member's 0-1 error
     i = int(np.argmin(table["certificate"].to_numpy()))
@@ -291,7 +302,9 @@ def _reports(log: RunLog, frame: pd.DataFrame, record: dict | None, tried: int, 
         {"gibbs_estimate": estimate, "monte_carlo": upper - estimate, "pac_bayes": value - upper},
         tuple(common_inputs(i, "error")), tuple(assumptions),
         (*per_point("certificate", "certificate"), *per_point("kl", "kl"), *per_point("gibbs_upper", "gibbs_upper"),
-         *per_point("test_gibbs_error", "test_gibbs_error")),
+         *per_point("test_gibbs_error", "test_gibbs_error"), *baseline,
+         Quantity("certificate_over_holdout", value / holdout if holdout > 0 else math.inf,
+                  "< 1: the certificate is tighter than holding the certified examples out")),
         vacuous, reason=(f"certificate {value:.4g} >= 1 at every posterior_std of the grid: vacuous" if vacuous
                          else "")))
     if len(names) == 1:

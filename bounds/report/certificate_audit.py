@@ -128,19 +128,23 @@ def every_example_evaluated(frame: pd.DataFrame) -> Assumption:
 
 
 def selection(run_dir: Path) -> tuple[int, Assumption]:
-    """``(m, audit item)``: the certificates tried on the run, which the reports split delta and delta_mc over."""
+    """``(m, audit item)``: the distinct certificates tried on the run, which the reports split delta and delta_mc
+    over. A measurement repeated with the same kind and settings (seed included) is the same certificate: its
+    masks and noise are functions of the settings and the sample ids, so it has no other value to select."""
     entries = read_certify_log(run_dir)
     name = "selection_counted"
     if not entries:
         return 1, Assumption(name, math.nan, math.nan, None,
                              f"not measurable: the run has no {CERTIFY_LOG} (certified before it was kept), so how "
                              "many certificates were tried on it is unknown; reported as if one")
-    kinds = {k: sum(e["kind"] == k for e in entries) for k in ("grid", "learned")}
-    return len(entries), Assumption(
-        name, float(len(entries)), float(len(entries)), True,
-        f"{CERTIFY_LOG}: {len(entries)} certificate measurements on this run ({kinds['grid']} grid, {kinds['learned']} "
-        f"learned); each report's delta and delta_mc are divided by {len(entries)}, so the smallest of all of them may "
-        "be reported")
+    distinct = {json.dumps({"kind": e["kind"], "settings": e.get("settings")}, sort_keys=True) for e in entries}
+    kinds = {k: len({d for d in distinct if json.loads(d)["kind"] == k}) for k in ("grid", "learned")}
+    m = len(distinct)
+    return m, Assumption(
+        name, float(m), float(len(entries)), True,
+        f"{CERTIFY_LOG}: {len(entries)} certificate measurements on this run, {m} distinct ({kinds['grid']} grid, "
+        f"{kinds['learned']} learned; a repeat with the same settings is the same certificate); each report's delta "
+        f"and delta_mc are divided by {m}, so the smallest of all of them may be reported")
 
 
 def _safetensors_shapes(path: Path) -> dict[str, list[int]]:

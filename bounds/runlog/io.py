@@ -169,7 +169,11 @@ def _check_grid_table(table: str, frame: pd.DataFrame, grid_column: str, constan
 def check_certificates(frame: pd.DataFrame, table: str = "certificates") -> list[str]:
     """Ranges of certificates.parquet (or ``table``, certificates_iid_rows): risks in [0, 1], positive sigma and
     counts, one grid, one level and one data fingerprint per table."""
-    problems = _check_grid_table(table, frame, "posterior_std", ("level", "n_bound_rows", "data_fingerprint"))
+    problems = _check_grid_table(table, frame, "posterior_std", ("level", "n_bound_rows", "data_fingerprint",
+                                                                  "holdout_gibbs_error"))
+    for col in ("holdout_gibbs_error", "holdout_test_gibbs_error"):
+        if not frame[col].between(0.0, 1.0).all():
+            problems.append(f"{TABLES[table].filename}: column {col} must lie in [0, 1]")
     unknown = sorted(set(frame["level"]) - {"group", "row"})
     if unknown:
         problems.append(f"{TABLES[table].filename}: unknown level value(s) {unknown}")

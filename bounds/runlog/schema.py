@@ -145,6 +145,10 @@ _CERTIFICATE_COLUMNS = (
     C("test_gibbs_error", "float", "the same 0-1 unit mean over the n_test test units and k draws "
                                    "(measured, held against the certificate)", finite=True),
     C("test_gibbs_linear", "float", "the same linear-loss mean on the test split", finite=True),
+    C("holdout_gibbs_error", "float", "the hold-out baseline: the prior's own Gibbs member (its mean, LoRA Dropout "
+                                      "masks, no noise) on the certified units, same draws (docs/certificate.md)",
+      finite=True),
+    C("holdout_test_gibbs_error", "float", "the same predictor's 0-1 mean on the test units", finite=True),
     C("prior", "str", "init (the data-free seeded initialisation, prior/init.safetensors) or trained "
                       "(prior/prior.safetensors, trained on prior/prior.json's prior_ids)"),
     C("grid_size", "int", "|grid|: posterior_std values certified together (the union bound "

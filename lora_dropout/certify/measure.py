@@ -51,7 +51,7 @@ from .certified_set import (
     resolve_prior,
 )
 from .posterior import posterior_logits_over_grid
-from .prior_distance import factor_and_head_sq_dist
+from .prior_distance import at_prior, factor_and_head_sq_dist
 from .units import Units, unit_mean
 
 #: Default ``k``: posterior draws per example.
@@ -242,20 +242,26 @@ def certify_run(
     certified = train.subset([i for i, s in enumerate(train.sample_ids) if int(s) in chosen])
     if len(test) == 0:
         raise ValueError(f"{run_dir} has no test examples to measure the test Gibbs error on")
+    prior_state = load_prior_state(prior_path, dev)
     try:
-        dist = factor_and_head_sq_dist(model, load_prior_state(prior_path, dev))
+        dist = factor_and_head_sq_dist(model, prior_state)
     except KeyError as exc:
         raise ValueError(f"{prior_path} does not match the run's adapter: {exc.args[0]}") from None
     p = float(loaded.handle.config.dropout_rate)
     seed = int(loaded.handle.config.seed if seed is None else seed)
     bs = batch_size or loaded.config.train.eval_batch_size
     k = posterior_draws
-    n_batches = math.ceil(len(certified) / bs) + math.ceil(len(test) / bs)
+    n_batches = 2 * (math.ceil(len(certified) / bs) + math.ceil(len(test) / bs))
     with tqdm(total=n_batches, desc=f"certify {run_dir.name}", unit="batch", disable=not progress,
               leave=False) as bar:
         risks = {split: gibbs_risks(model, data, posterior_stds=grid, draws=k, batch_size=bs, seed=seed, device=dev,
                                     on_batch=lambda: bar.update(1))
                  for split, data in (("train", certified), ("test", test))}
+        # the hold-out baseline: the prior's own Gibbs member (its masks, no noise) on the same examples and draws
+        with at_prior(model, prior_state):
+            holdout = {split: gibbs_risks(model, data, posterior_stds=(0.0,), draws=k, batch_size=bs, seed=seed,
+                                          device=dev, on_batch=lambda: bar.update(1))
+                       for split, data in (("train", certified), ("test", test))}
     frames = {"train": splits.train, "test": splits.test}
     common = {"p": p, "draws": k, "factor_sq_dist": dist.factor, "head_sq_dist": dist.head, "prior": kind,
               "grid_size": len(grid), "delta": delta, "delta_mc": delta_mc, "seed": seed,
@@ -266,6 +272,7 @@ def certify_run(
         units = {split: certification_units(frames[split], risks[split].sample_ids, level=level)
                  for split in ("train", "test")}
         (train_err, train_lin), (test_err, test_lin) = (risks[s].at(units[s]) for s in ("train", "test"))
+        (prior_err, _), (prior_test_err, _) = (holdout[s].at(units[s]) for s in ("train", "test"))
         rows = []
         for g, sigma in enumerate(grid):
             two_var = 2.0 * sigma**2  # KL(Q || P) bound of docs/certificate.md (bounds.formulas.dropout_kl)
@@ -276,6 +283,7 @@ def certify_run(
                 "kl_factor_term": factor_term, "kl_head_term": head_term, "kl": factor_term + head_term,
                 "train_gibbs_error": train_err[g], "train_gibbs_linear": train_lin[g],
                 "test_gibbs_error": test_err[g], "test_gibbs_linear": test_lin[g],
+                "holdout_gibbs_error": prior_err[0], "holdout_test_gibbs_error": prior_test_err[0],
                 # counted while running: (row, draw) losses per grid point, over both splits, per row
                 "evaluated_draws": int(risks["train"].evaluated[g]),
                 "passes": int(sum(int(r.evaluated.sum()) for r in risks.values()) // (len(certified) + len(test))),

@@ -8,7 +8,8 @@ trained head); `prior_tensors` finds its prior tensor by either name form, `per_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import torch
@@ -102,3 +103,23 @@ def per_tensor_sq_dist(model: torch.nn.Module, prior_state: Mapping[str, torch.T
         diff = p.detach().to(torch.float64) - prior.detach().to(device=p.device, dtype=torch.float64)
         out[name] = float((diff * diff).sum())
     return out
+
+
+@contextlib.contextmanager
+def at_prior(model: torch.nn.Module, prior_state: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Inside the block the trainable parameters of ``model`` hold the prior mean (`prior_tensors`); restored
+    exactly on exit. The hold-out baseline measures the prior's own predictor this way (docs/certificate.md)."""
+    prior = prior_tensors(model, prior_state)
+    factors, head = posterior_parameters(unwrap(model))
+    params = {**factors, **head}
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    try:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(prior[n].to(device=p.device, dtype=p.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+

@@ -44,6 +44,7 @@ TRAIN_ERR = (0.15, 0.10, 0.25)  # the smallest error is not at the smallest KL: 
 TRAIN_LIN = (0.16, 0.12, 0.26)
 TEST_ERR = (0.17, 0.12, 0.27)
 TEST_LIN = (0.18, 0.13, 0.28)
+HOLDOUT_ERR = 0.14  # the prior's own Gibbs error on the certified examples
 
 
 def rows(grid=GRID, *, prior="trained", n_bound=N_BOUND, f=F_DIST, h=H_DIST, grid_size=None,
@@ -58,7 +59,8 @@ def rows(grid=GRID, *, prior="trained", n_bound=N_BOUND, f=F_DIST, h=H_DIST, gri
                     "grid_size": len(grid) if grid_size is None else grid_size, "delta": DELTA,
                     "delta_mc": DELTA_MC, "seed": 7, "passes": len(grid) * K, "level": "row",
                     "premise": "rows i.i.d. (the data have no group column); risk of a new row", "n_bound_rows": n_bound,
-                    "n_test_rows": N_TEST, "evaluated_draws": n_bound * K, "data_fingerprint": "f" * 64})
+                    "n_test_rows": N_TEST, "evaluated_draws": n_bound * K, "data_fingerprint": "f" * 64,
+                    "holdout_gibbs_error": HOLDOUT_ERR, "holdout_test_gibbs_error": HOLDOUT_ERR + 0.01})
     return pd.DataFrame(out, columns=TABLES["certificates"].column_names)
 
 
@@ -120,6 +122,12 @@ def test_value_is_the_smallest_certificate_by_hand_and_measured_is_its_test_erro
     assert gibbs.status == "holds", str(gibbs)
     # every input says where it came from
     assert all(q.source for q in gibbs.inputs)
+    # beside it, the hold-out baseline by hand: the test-set bound of the prior at delta + delta_mc
+    diag = {q.name: q.value for q in gibbs.diagnostics}
+    holdout = kl_inv_upper(HOLDOUT_ERR, math.log(1 / (DELTA + DELTA_MC)) / N_BOUND)
+    assert diag["holdout_bound"] == pytest.approx(holdout, abs=1e-11) and diag["holdout_gibbs_error"] == HOLDOUT_ERR
+    assert diag["certificate_over_holdout"] == pytest.approx(gibbs.value / holdout, rel=1e-9)
+    assert diag["holdout_test_gibbs_error"] == pytest.approx(HOLDOUT_ERR + 0.01)
     # the ensemble: the smallest linear-loss certificate, doubled (capped at 1)
     hand_lin = by_hand(TRAIN_LIN)
     j = int(np.argmin(hand_lin))

@@ -9,6 +9,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from bounds.formulas import certificate
 from bounds.report import certificate_reports
@@ -28,7 +29,7 @@ def grouped_run(tmp_path_factory):
     prior trained on half of the training split's groups."""
     root = tmp_path_factory.mktemp("levels")
     data = write_tiny_csv(root / "d.csv", n=120)
-    frame = pd.read_csv(data)
+    frame = pd.read_csv(data).sample(frac=1.0, random_state=3)  # groups with unequal label shares, too
     sizes = [4, 6, 8, 10, 12, 14, 16, 18, 4, 6, 10, 12]
     frame["group"] = [f"g{k}" for k, size in enumerate(sizes) for _ in range(size)]
     frame.to_csv(data, index=False)
@@ -104,6 +105,50 @@ def test_group_level_table_is_the_mean_over_groups_of_group_means(grouped_run, t
     assert reports["pacbayes_dropout"].value == pytest.approx(float(expected), rel=1e-12)
 
 
+def test_the_holdout_baseline_is_the_prior_own_gibbs_error(grouped_run, tmp_path):
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    run = _copy(grouped_run[0], tmp_path)
+    # a prior far from the posterior (its adapter moved at random), so the two predictors err on other examples
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    state = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    save_file({k: v + torch.randn(v.shape, generator=g) for k, v in state.items()},
+              str(run / "prior" / "prior.safetensors"))
+    table = certify_run(run, posterior_std_grid=GRID, posterior_draws=K, progress=False).table
+    record = json.loads((run / "prior" / "prior.json").read_text())
+    reference = load_run(run)  # a separate model, set to the prior mean from the file
+    set_peft_model_state_dict(reference.model, load_file(str(run / "prior" / "prior.safetensors")))
+    train, test, splits = reference.prepared.train, reference.prepared.test, reference.prepared.splits
+    group = dict(zip(pd.concat([splits.train, splits.test]).sample_id, pd.concat([splits.train, splits.test]).group,
+                     strict=True))
+    certified = [i for i, s in enumerate(train.sample_ids) if int(s) in set(record["certifiable_ids"])]
+    for column, data, positions in (("holdout_gibbs_error", train, certified),
+                                    ("holdout_test_gibbs_error", test, range(len(test)))):
+        errors = pd.Series(_per_row_errors(reference.model, data, positions, 0.0))
+        expected = float(errors.groupby(errors.index.map(group)).mean().mean())
+        assert table[column].tolist() == pytest.approx([expected] * len(table), abs=1e-12), column
+    # at_prior puts the prior mean in place and restores the posterior exactly
+    from lora_dropout.certify.prior_distance import at_prior
+
+    model = load_run(run).model
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    prior = load_file(str(run / "prior" / "prior.safetensors"))
+    with at_prior(model, prior):
+        moved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(moved[n], before[n]) for n in before)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    # the prior is another predictor than the posterior, so the comparison above decides something
+    posterior = pd.Series(_per_row_errors(model, train, certified, 0.0))
+    assert float(posterior.groupby(posterior.index.map(group)).mean().mean()) != pytest.approx(
+        table.holdout_gibbs_error.iloc[0], abs=1e-9)
+    reports = {r.name: r for r in certificate_reports(run, posterior_std_grid=GRID)}
+    diag = {q.name: q.value for q in reports["pacbayes_dropout"].diagnostics}
+    assert diag["holdout_gibbs_error"] == pytest.approx(table.holdout_gibbs_error.iloc[0])
+
+
 def test_every_certificate_tried_enters_the_union_bound(grouped_run, tmp_path):
     run = _copy(grouped_run[0], tmp_path)
     first = certify_run(run, posterior_std_grid=GRID, posterior_draws=K, progress=False).table
@@ -121,6 +166,11 @@ def test_every_certificate_tried_enters_the_union_bound(grouped_run, tmp_path):
     assert twice.value == pytest.approx(float(by_hand), rel=1e-12)
     assert {a.name: a.holds for a in once.assumptions}["selection_counted"] is True
     assert "2 certificate measurements" in {a.name: a.detail for a in twice.assumptions}["selection_counted"]
+    # the same settings again draw the same masks and noise: the same certificate, not a third one
+    assert certify_run(run, posterior_std_grid=GRID, posterior_draws=K, seed=123, progress=False).table.equals(second)
+    thrice = certificate_reports(run, posterior_std_grid=GRID)[0]
+    assert {q.name: q.value for q in thrice.inputs}["certificates_tried"] == 2 and len(read_certify_log(run)) == 3
+    assert thrice.value == twice.value
 
 
 def test_an_edited_or_reordered_data_file_is_refused(grouped_run, tmp_path):
