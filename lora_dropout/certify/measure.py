@@ -13,15 +13,18 @@ of a grid fixed in advance, measures what the certificate needs:
 - the same two risks on the test split: the measured test Gibbs error of the same posterior, which the
   certificate is held against.
 
-It writes ``certificates.parquet`` (one row per ``posterior_std``, columns documented in
-`bounds.runlog.TABLES`); the certificate itself is pure arithmetic on that table, done on the theory side
-(`bounds.report.certificate`). Cost: ``grid size x k`` posterior draws of every certified and every test
-example, recorded in the ``passes`` column; the masks and Gaussian noise of a batch are drawn once for the whole
-grid (`lora_dropout.certify.posterior.posterior_logits_over_grid`).
+- the hold-out baseline: the prior's own Gibbs member (its mean, the same masks, no noise) on the same
+  certified and test examples.
 
-Which examples are certified: with the data-free ``init`` prior (the seeded initialisation, which saw no
-example) all ``n`` training examples; with the ``trained`` prior only prior/prior.json's
-``certifiable_ids``, which must be disjoint from the ``prior_ids`` the prior was trained on.
+The means are taken per unit (`lora_dropout.certify.units`): per group when the data have groups, per row
+otherwise (and also per row, from the same draws, when rows are declared i.i.d.). It writes
+``certificates.parquet`` (one row per ``posterior_std``, columns documented in `bounds.runlog.TABLES`) and
+appends the measurement to ``certify_log.jsonl``; the certificate itself is pure arithmetic on that table, done
+on the theory side (`bounds.report.certificate`). Cost: ``grid size x k`` posterior draws of every certified and
+every test example, counted in the ``passes`` column, and ``k`` draws of the prior; the masks and Gaussian noise
+of a batch are drawn once for the whole grid (`lora_dropout.certify.posterior.posterior_logits_over_grid`).
+
+Which examples are certified: `lora_dropout.certify.certified_set`.
 """
 
 from __future__ import annotations
