@@ -224,16 +224,16 @@ def certificate_reports(run_dir: str | Path, *, posterior_std_grid: Sequence[flo
     tried, selected = audit.selection(run_dir)
     record = read_prior_record(run_dir)
     reports = _reports(log, frame, record, tried, selected, posterior_std_grid, delta, delta_mc,
-                       names=("pacbayes_dropout", "pacbayes_dropout_ensemble"))
+                       table_name="certificates", names=("pacbayes_dropout", "pacbayes_dropout_ensemble"))
     if log.has("certificates_iid_rows"):
         _, rows = _read(run_dir, "certificates_iid_rows")
         reports += _reports(log, rows, record, tried, selected, posterior_std_grid, delta, delta_mc,
-                            names=("pacbayes_dropout_iid_rows",))
+                            table_name="certificates_iid_rows", names=("pacbayes_dropout_iid_rows",))
     return reports
 
 
 def _reports(log: RunLog, frame: pd.DataFrame, record: dict | None, tried: int, selected, grid, delta, delta_mc, *,
-             names: Sequence[str]) -> list[BoundReport]:
+             table_name: str, names: Sequence[str]) -> list[BoundReport]:
     row = frame.sort_values("posterior_std").reset_index(drop=True)
     d = (float(row["delta"].iloc[0]) if delta is None else delta) / tried
     dmc = (float(row["delta_mc"].iloc[0]) if delta_mc is None else delta_mc) / tried
@@ -246,7 +246,7 @@ def _reports(log: RunLog, frame: pd.DataFrame, record: dict | None, tried: int, 
     shared = [audit.disjoint(kind, record), audit.n_bound(kind, record, row, _n_train(log)),
               audit.independence_level(kind, record, row), audit.data_unchanged(record, row), _grid(frame, grid),
               audit.every_example_evaluated(row), selected, _kl(frame, table)]
-    src = (f"{TABLES['certificates' if 'iid_rows' not in names[0] else 'certificates_iid_rows'].filename} "
+    src = (f"{TABLES[table_name].filename} "
            f"(prior={kind}, level {level}, {len(row)} posterior_std, seed {int(row['seed'].iloc[0])})")
     split = f" (divided by the {tried} certificates tried on the run)" if tried > 1 else ""
 

@@ -11,8 +11,7 @@ of a grid fixed in advance, measures what the certificate needs:
   fresh masks and fresh Gaussian noise per example and draw, so the ``n_b k`` losses are independent given
   the data);
 - the same two risks on the test split: the measured test Gibbs error of the same posterior, which the
-  certificate is held against.
-
+  certificate is held against;
 - the hold-out baseline: the prior's own Gibbs member (its mean, the same masks, no noise) on the same
   certified and test examples.
 

@@ -88,8 +88,8 @@ def unit_mean(values: np.ndarray, units: Units) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if values.shape[-1] != len(units.index):
         raise ValueError(f"values have {values.shape[-1]} rows but the units {len(units.index)}")
-    onehot = np.zeros((len(units.index), units.count))
-    onehot[np.arange(len(units.index)), units.index] = 1.0
-    sums = values @ onehot  # (..., count)
-    sizes = onehot.sum(axis=0)
+    flat = values.reshape(-1, values.shape[-1])  # (..., n) -> (m, n): one bincount per row, no (n, units) matrix
+    sums = np.stack([np.bincount(units.index, weights=v, minlength=units.count) for v in flat])
+    sums = sums.reshape(*values.shape[:-1], units.count)
+    sizes = np.bincount(units.index, minlength=units.count)
     return (sums / sizes).mean(axis=-1)
